@@ -1,0 +1,5 @@
+import sys
+
+from siglip_dola.cli import main
+
+sys.exit(main())

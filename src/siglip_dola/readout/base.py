@@ -1,0 +1,86 @@
+"""The readout interface: what every model family adapter provides.
+
+An adapter turns one backbone forward pass into per-layer image embeddings
+z_l = head(norm(h_l)) for the requested layers l (1-based; layer N always included), using
+the model's own final norm and pooling head. It holds no DoLa maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+Batch = dict[str, torch.Tensor]  # model inputs, e.g. {"pixel_values": [B, 3, H, W]}
+
+
+@dataclass(frozen=True)
+class LayerEmbeddings:
+    """Per-layer embeddings of one batch: ``embeddings[i]`` belongs to ``layers[i]``.
+
+    ``layers`` is ascending and ends with the final layer N.
+    """
+
+    layers: tuple[int, ...]
+    embeddings: torch.Tensor  # [L, B, D]
+
+    def layer(self, number: int) -> torch.Tensor:
+        """Embeddings [B, D] of one layer."""
+        try:
+            return self.embeddings[self.layers.index(number)]
+        except ValueError:
+            raise KeyError(f"layer {number} was not read out; available: {list(self.layers)}") from None
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.embeddings[-1]
+
+
+@runtime_checkable
+class VisionReadout(Protocol):
+    """An image tower that can read any of its layers out through its own head."""
+
+    name: str  # the model spec it was loaded from
+    depth: int  # N, number of transformer blocks
+    embed_dim: int  # D of the image embedding
+    fingerprint: str  # identifies the weights (for caches)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Batch:
+        """The model's own preprocessing of RGB PIL images into a batch of inputs."""
+
+    def forward_layers(self, batch: Batch, layers: Sequence[int]) -> LayerEmbeddings:
+        """One backbone pass -> embeddings of ``layers`` plus N, as [L, B, D]."""
+
+    def image_embedding(self, batch: Batch) -> torch.Tensor:
+        """The library's own image embedding [B, D] (the baseline)."""
+
+    def to(self, device: Any = None, dtype: Any = None) -> VisionReadout:
+        """Move/cast the model; returns self."""
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """The paired text tower."""
+
+    name: str
+    embed_dim: int
+    fingerprint: str
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embeddings [C, D] of ``texts`` with the model's own tokenizer settings (unnormalised)."""
+
+
+@dataclass
+class LoadedModel:
+    """A vision readout, its text tower and its learned logit scale (log space)."""
+
+    vision: VisionReadout
+    text: TextEncoder | None
+    logit_scale: float | None  # tau = 1 / exp(logit_scale); None when the model has none
+
+    @property
+    def tau(self) -> float:
+        return 1.0 if self.logit_scale is None else float(torch.tensor(self.logit_scale).exp().reciprocal())
