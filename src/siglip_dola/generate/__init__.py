@@ -1,0 +1,1 @@
+"""Janus-Pro batch text-to-image generation."""
