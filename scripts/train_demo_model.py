@@ -29,26 +29,54 @@ import numpy as np
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
-from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+from transformers import (
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
+    SiglipProcessor,
+    SiglipTokenizer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "siglip_dola" / "assets"
 RAW = Path("/usr/share/datasets/fashion-mnist")
 
 CLASS_NAMES = [
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 TRAIN_TEMPLATES = [
-    "a photo of a {c}.", "a picture of a {c}.", "an image of the {c}.", "a grayscale photo of a {c}.",
-    "a low resolution photo of a {c}.", "a {c}.", "this is a {c}.", "a close-up photo of the {c}.",
-    "a product photo of a {c}.", "a blurry photo of the {c}.", "the {c} in a catalogue.",
-    "a small image of a {c}.", "a centered photo of one {c}.", "a dark photo of the {c}.",
+    "a photo of a {c}.",
+    "a picture of a {c}.",
+    "an image of the {c}.",
+    "a grayscale photo of a {c}.",
+    "a low resolution photo of a {c}.",
+    "a {c}.",
+    "this is a {c}.",
+    "a close-up photo of the {c}.",
+    "a product photo of a {c}.",
+    "a blurry photo of the {c}.",
+    "the {c} in a catalogue.",
+    "a small image of a {c}.",
+    "a centered photo of one {c}.",
+    "a dark photo of the {c}.",
 ]
 # Never used in training: the evaluation templates of the bundled demo (see data.py).
 HELD_OUT_TEMPLATES = [
-    "a good photo of the {c}.", "a cropped photo of a {c}.", "a black and white photo of the {c}.",
-    "a rendering of a {c}.", "a photo of the small {c}.", "a bright photo of a {c}.",
+    "a good photo of the {c}.",
+    "a cropped photo of a {c}.",
+    "a black and white photo of the {c}.",
+    "a rendering of a {c}.",
+    "a photo of the small {c}.",
+    "a bright photo of a {c}.",
 ]
 
 
@@ -56,7 +84,7 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -64,9 +92,17 @@ def train_tokenizer(out_dir: Path) -> SiglipTokenizer:
     sentences = [t.format(c=c) for t in TRAIN_TEMPLATES + HELD_OUT_TEMPLATES for c in CLASS_NAMES]
     with tempfile.TemporaryDirectory() as tmp:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences * 4), model_prefix=f"{tmp}/spm", vocab_size=160,
-            model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-            normalization_rule_name="nmt_nfkc_cf", character_coverage=1.0,
+            sentence_iterator=iter(sentences * 4),
+            model_prefix=f"{tmp}/spm",
+            vocab_size=160,
+            model_type="unigram",
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            hard_vocab_limit=False,
+            normalization_rule_name="nmt_nfkc_cf",
+            character_coverage=1.0,
         )
         tokenizer = SiglipTokenizer(vocab_file=f"{tmp}/spm.model", pad_token="<pad>")
         tokenizer.save_pretrained(out_dir)
@@ -76,14 +112,25 @@ def train_tokenizer(out_dir: Path) -> SiglipTokenizer:
 def build_model(tokenizer: SiglipTokenizer, layers: int, width: int) -> SiglipModel:
     config = SiglipConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
-            num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=64,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
             projection_size=width,
         ),
         vision_config=dict(
-            hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-            num_attention_heads=4, image_size=28, patch_size=7, num_channels=3,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            image_size=28,
+            patch_size=7,
+            num_channels=3,
         ),
     )
     return SiglipModel(config)
@@ -95,7 +142,9 @@ def normalise_images(raw: np.ndarray) -> torch.Tensor:
 
 
 def encode_texts(model: SiglipModel, tokenizer: SiglipTokenizer, texts: list[str]) -> torch.Tensor:
-    ids = tokenizer(texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt"
+    ).input_ids
     out = model.get_text_features(input_ids=ids)
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -115,14 +164,18 @@ def evaluate(model, tokenizer, images, labels, templates, batch=500) -> float:
     bank = torch.stack(bank)
     correct = 0
     for i in range(0, len(images), batch):
-        z = F.normalize(image_features(model, normalise_images(images[i:i + batch])), dim=-1)
-        correct += int(((z @ bank.T).argmax(-1) == torch.from_numpy(labels[i:i + batch]).long()).sum())
+        z = F.normalize(image_features(model, normalise_images(images[i : i + batch])), dim=-1)
+        correct += int(
+            ((z @ bank.T).argmax(-1) == torch.from_numpy(labels[i : i + batch]).long()).sum()
+        )
     model.train()
     return correct / len(images)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--width", type=int, default=64)
@@ -151,12 +204,17 @@ def main() -> None:
     tokenizer = train_tokenizer(staging)
     model = build_model(tokenizer, args.layers, args.width)
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: {args.layers} vision layers, width {args.width}, {params / 1e6:.2f} M parameters")
+    print(
+        f"model: {args.layers} vision layers, width {args.width}, {params / 1e6:.2f} M parameters"
+    )
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
     steps_per_epoch = len(train_x) // args.batch_size
     budget = args.minutes * 60
     warmup = 200
@@ -177,7 +235,7 @@ def main() -> None:
             lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
             for g in opt.param_groups:
                 g["lr"] = lr
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
             raw = train_x[idx]
             # light augmentation: random horizontal flip and +-2 pixel shift
             raw = np.where(rng.random((len(raw), 1, 1)) < 0.5, raw[:, :, ::-1], raw)
@@ -201,7 +259,10 @@ def main() -> None:
             opt.step()
             step += 1
             if step % 50 == 0:
-                print(f"step {step} epoch {epoch} {elapsed / 60:.1f} min loss {loss.item():.4f} lr {lr:.2e}", flush=True)
+                print(
+                    f"step {step} epoch {epoch} {elapsed / 60:.1f} min loss {loss.item():.4f} lr {lr:.2e}",
+                    flush=True,
+                )
             if step % 500 == 0:
                 acc = evaluate(model, tokenizer, test_x[:500], test_y[:500], HELD_OUT_TEMPLATES)
                 print(f"  held-out templates, 500 test images: acc1 {acc:.3f}", flush=True)
@@ -217,26 +278,40 @@ def main() -> None:
 
     model.save_pretrained(staging, safe_serialization=True)
     processor = SiglipProcessor(
-        image_processor=SiglipImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5] * 3,
-                                             image_std=[0.5] * 3),
+        image_processor=SiglipImageProcessor(
+            size={"height": 28, "width": 28}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
         tokenizer=tokenizer,
     )
     processor.save_pretrained(staging)
-    (staging / "training.json").write_text(json.dumps({
-        "script": "scripts/train_demo_model.py", "steps": step, "minutes": round(minutes, 1),
-        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "train_templates": TRAIN_TEMPLATES, "held_out_templates": HELD_OUT_TEMPLATES,
-        "class_names": CLASS_NAMES,
-        "acc1_test_held_out_templates": test_acc, "acc1_test_training_templates": seen_acc,
-        "acc1_train_subset": train_acc,
-    }, indent=2))
+    (staging / "training.json").write_text(
+        json.dumps(
+            {
+                "script": "scripts/train_demo_model.py",
+                "steps": step,
+                "minutes": round(minutes, 1),
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "seed": args.seed,
+                "train_templates": TRAIN_TEMPLATES,
+                "held_out_templates": HELD_OUT_TEMPLATES,
+                "class_names": CLASS_NAMES,
+                "acc1_test_held_out_templates": test_acc,
+                "acc1_test_training_templates": seen_acc,
+                "acc1_train_subset": train_acc,
+            },
+            indent=2,
+        )
+    )
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(staging), model_dir)
 
     data_path = args.out / "fashion_mnist_test.npz"
-    np.savez_compressed(data_path, images=test_x, labels=test_y.astype(np.uint8), source_index=test_pick)
+    np.savez_compressed(
+        data_path, images=test_x, labels=test_y.astype(np.uint8), source_index=test_pick
+    )
     print(f"wrote {model_dir} and {data_path}")
 
 

@@ -31,7 +31,7 @@ def layer_scores(draw, max_layers=5, max_batch=4, max_classes=12, magnitude=30.0
 @st.composite
 def distribution_pairs(draw, max_classes=10):
     classes = draw(st.integers(1, max_classes))
-    elements = st.floats(0.0, 1.0, allow_nan=False, width=64)
+    elements = st.one_of(st.just(0.0), st.floats(1e-9, 1.0, width=64))
     p = draw(arrays(np.float64, (3, classes), elements=elements))
     q = draw(arrays(np.float64, (3, classes), elements=elements))
     p[:, 0] += 1e-3  # keep every row normalisable; zeros elsewhere stay zeros

@@ -32,7 +32,9 @@ class LayerEmbeddings:
         try:
             return self.embeddings[self.layers.index(number)]
         except ValueError:
-            raise KeyError(f"layer {number} was not read out; available: {list(self.layers)}") from None
+            raise KeyError(
+                f"layer {number} was not read out; available: {list(self.layers)}"
+            ) from None
 
     @property
     def final(self) -> torch.Tensor:
@@ -83,4 +85,8 @@ class LoadedModel:
 
     @property
     def tau(self) -> float:
-        return 1.0 if self.logit_scale is None else float(torch.tensor(self.logit_scale).exp().reciprocal())
+        return (
+            1.0
+            if self.logit_scale is None
+            else float(torch.tensor(self.logit_scale).exp().reciprocal())
+        )

@@ -1,0 +1,137 @@
+"""`siglip-dola bench`: cost of every DoLa variant next to the baseline, in one run.
+
+Both sides run the same pipeline (decode, preprocess, one backbone pass per batch, scores,
+metrics) on the same model and images; the baseline reads out only the final layer and
+scores q_N, the DoLa side reads out every layer 1..N and computes 3 buckets x 3 alphas of
+dynamic DoLa, every static layer x 3 alphas and the APC-only ablation. Repetitions alternate
+and medians are compared. The text bank is timed separately: first build vs cache hit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+
+from siglip_dola.data import ImageSet
+from siglip_dola.readout.base import LoadedModel
+from siglip_dola.text import build_text_bank
+from siglip_dola.zeroshot import (
+    Variant,
+    default_variants,
+    evaluate_variants,
+    extract_layer_embeddings,
+    layer_scores,
+)
+
+__all__ = ["run_eval_benchmark"]
+
+ALPHAS = (0.05, 0.1, 0.2)
+
+
+def _one_eval(
+    model: LoadedModel,
+    image_set: ImageSet,
+    bank,
+    variants: Sequence[Variant],
+    layers,
+    batch_size: int,
+    workers: int,
+    device,
+    dtype,
+) -> float:
+    start = time.perf_counter()
+    emb = extract_layer_embeddings(
+        model.vision,
+        image_set,
+        layers,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,
+        cache_dir=None,
+        progress=False,
+    )
+    scores = layer_scores(emb.embeddings, bank, model.tau)
+    evaluate_variants(scores, emb.layers, emb.labels, variants, len(image_set.class_names))
+    return time.perf_counter() - start
+
+
+def run_eval_benchmark(
+    model: LoadedModel,
+    image_set: ImageSet,
+    templates: Sequence[str],
+    repeats: int = 3,
+    batch_size: int = 64,
+    workers: int = 0,
+    device="cpu",
+    dtype=None,
+) -> dict[str, float]:
+    """Median seconds of both evals, their ratio, and the text bank's first build vs cache hit."""
+    import torch
+
+    dtype = dtype or torch.float32
+    depth = model.vision.depth
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        bank = build_text_bank(
+            model.text, image_set.class_names, templates, cache_dir=cache, progress=False
+        )
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        build_text_bank(
+            model.text, image_set.class_names, templates, cache_dir=cache, progress=False
+        )
+        hit = time.perf_counter() - t0
+    dola_variants = default_variants(depth, 3, ALPHAS, None, apc=True)
+    all_layers = tuple(range(1, depth))
+    baseline_variants = [Variant("baseline")]
+    times: dict[str, list[float]] = {"baseline": [], "dola": []}
+    # warm-up pass of each so allocator and kernels are primed for both
+    _one_eval(
+        model,
+        image_set.subset(range(min(len(image_set), batch_size))),
+        bank,
+        baseline_variants,
+        (),
+        batch_size,
+        workers,
+        device,
+        dtype,
+    )
+    for _ in range(repeats):
+        times["baseline"].append(
+            _one_eval(
+                model, image_set, bank, baseline_variants, (), batch_size, workers, device, dtype
+            )
+        )
+        times["dola"].append(
+            _one_eval(
+                model,
+                image_set,
+                bank,
+                dola_variants,
+                all_layers,
+                batch_size,
+                workers,
+                device,
+                dtype,
+            )
+        )
+    base, dola = statistics.median(times["baseline"]), statistics.median(times["dola"])
+    return dict(
+        images=len(image_set),
+        classes=len(image_set.class_names),
+        templates=len(templates),
+        depth=depth,
+        variants=len(dola_variants),
+        repeats=repeats,
+        threads=torch.get_num_threads(),
+        eval_baseline_s=base,
+        eval_all_variants_s=dola,
+        eval_ratio=dola / base,
+        text_bank_first_s=first,
+        text_bank_cache_hit_s=hit,
+        text_bank_hit_fraction=hit / first,
+    )

@@ -1,0 +1,136 @@
+"""Results as plain JSON (clip_benchmark's shape plus a ``dola`` block), tables and plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from siglip_dola.data import Skipped
+from siglip_dola.io import atomic_write_bytes
+from siglip_dola.zeroshot import VariantResult
+
+__all__ = ["classification_results", "format_table", "plot_layers"]
+
+
+def classification_results(
+    *,
+    dataset: str,
+    model: str,
+    results: Sequence[VariantResult],
+    per_layer_acc1: dict[int, float],
+    tau: float,
+    num_images: int,
+    skipped: Sequence[Skipped],
+    templates: Sequence[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``{dataset, model, task, metrics, dola}``: ``metrics`` are the baseline's (as
+    clip_benchmark reports them); ``dola`` holds every variant, per-layer readout accuracy
+    and the skipped images."""
+    baseline = next(r for r in results if r.variant.kind == "baseline")
+    return {
+        "dataset": dataset,
+        "model": model,
+        "task": "zeroshot_classification",
+        "metrics": baseline.metrics,
+        "dola": {
+            "tau": tau,
+            "num_images": num_images,
+            "num_templates": len(templates),
+            "variants": [r.to_dict() for r in results],
+            "per_layer_acc1": {str(k): v for k, v in per_layer_acc1.items()},
+            "skipped": {"count": len(skipped), "items": [s.__dict__ for s in skipped]},
+            **(extra or {}),
+        },
+    }
+
+
+def format_table(
+    results: Sequence[VariantResult], title: str | None = None, limit: int | None = None
+) -> str:
+    """A fixed-width comparison table, baseline first, then variants as given."""
+    base = next(r for r in results if r.variant.kind == "baseline").metrics["acc1"]
+    lines = []
+    if title:
+        lines.append(title)
+    header = f"{'variant':<26} {'acc1':>7} {'acc5':>7} {'mpcr':>7} {'d acc1':>8} {'kept':>6}"
+    lines += [header, "-" * len(header)]
+    for r in results[: limit or len(results)]:
+        m = r.metrics
+        kept = f"{r.mean_kept:6.2f}" if r.mean_kept is not None else f"{'':>6}"
+        delta = m["acc1"] - base
+        lines.append(
+            f"{r.variant.name:<26} {100 * m['acc1']:6.2f}% {100 * m['acc5']:6.2f}% "
+            f"{100 * m['mean_per_class_recall']:6.2f}% {100 * delta:+7.2f}% {kept}"
+        )
+    return "\n".join(lines)
+
+
+def plot_layers(
+    out_dir: Path | str,
+    per_layer_acc1: dict[int, float],
+    results: Sequence[VariantResult],
+    title: str = "",
+) -> list[Path]:
+    """Per-layer readout accuracy, chosen-layer histogram and kept-set sizes as PNGs."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+
+    def save(fig, name: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(atomic_write_bytes(out_dir / name, buffer.getvalue()))
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    layers = sorted(per_layer_acc1)
+    ax.plot(layers, [100 * per_layer_acc1[k] for k in layers], marker="o", ms=3)
+    base = next(r for r in results if r.variant.kind == "baseline").metrics["acc1"]
+    ax.axhline(100 * base, color="gray", ls="--", lw=1, label="baseline (layer N)")
+    ax.set(
+        xlabel="layer l (readout head(norm(h_l)))",
+        ylabel="top-1 accuracy (%)",
+        title=title or "Per-layer readout accuracy",
+    )
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    save(fig, "per_layer_accuracy.png")
+
+    dynamic = [r for r in results if r.variant.kind == "dynamic" and r.chosen_layers is not None]
+    if dynamic:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        width = 0.8 / len(dynamic)
+        for i, r in enumerate(dynamic):
+            chosen = r.chosen_layers.tolist()
+            counts = [chosen.count(layer) for layer in r.variant.layers]
+            ax.bar(
+                [layer + (i - len(dynamic) / 2) * width for layer in r.variant.layers],
+                counts,
+                width=width,
+                label=r.variant.name,
+            )
+        ax.set(
+            xlabel="contrast layer M chosen (argmax JSD)",
+            ylabel="images",
+            title="Dynamic mode: chosen-layer histogram",
+        )
+        ax.legend(fontsize=7)
+        save(fig, "chosen_layers.png")
+
+    with_kept = [r for r in results if r.mean_kept is not None]
+    if with_kept:
+        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(with_kept))))
+        names = [r.variant.name for r in with_kept]
+        ax.barh(names, [r.mean_kept for r in with_kept])
+        ax.set(xlabel="mean kept-set size |V_head|", title="APC kept-set sizes")
+        ax.tick_params(axis="y", labelsize=7)
+        save(fig, "kept_set_sizes.png")
+    return written

@@ -1,0 +1,176 @@
+"""Text banks: class names x prompt templates -> one normalised embedding per class, cached.
+
+The class embedding is the mean of the L2-normalised template embeddings, renormalised
+(the open_clip / clip_benchmark convention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from siglip_dola.io import atomic_write_bytes
+from siglip_dola.readout.base import TextEncoder
+
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "build_text_bank",
+    "load_templates",
+    "text_bank_key",
+    "validate_class_names",
+]
+
+DEFAULT_CACHE_DIR = Path(
+    os.environ.get("SIGLIP_DOLA_CACHE", Path.home() / ".cache" / "siglip_dola")
+)
+
+# Fallback copy of the short ImageNet set, used only when open_clip is not installed.
+_SIMPLE_TEMPLATES = (
+    "itap of a {c}.",
+    "a bad photo of the {c}.",
+    "a origami {c}.",
+    "a photo of the large {c}.",
+    "a {c} in a video game.",
+    "art of the {c}.",
+    "a photo of the small {c}.",
+)
+
+
+def _open_clip_templates(name: str) -> tuple[str, ...] | None:
+    try:
+        from open_clip import zero_shot_metadata
+    except ImportError:
+        return None
+    templates = getattr(zero_shot_metadata, name)
+    return tuple(t("{c}") for t in templates)
+
+
+def load_templates(spec: str) -> tuple[str, ...]:
+    """Resolve a template set: ``openai`` (80 ImageNet prompts), ``simple`` (7),
+    ``photo`` ("a photo of a {c}."), ``bundled`` (the demo's held-out set), or a file path
+    (one template per line, each containing ``{c}``)."""
+    if spec == "openai":
+        templates = _open_clip_templates("OPENAI_IMAGENET_TEMPLATES")
+        if templates is None:
+            raise ValueError("the 'openai' template set needs open_clip_torch installed")
+        return templates
+    if spec == "simple":
+        return _open_clip_templates("SIMPLE_IMAGENET_TEMPLATES") or _SIMPLE_TEMPLATES
+    if spec == "photo":
+        return ("a photo of a {c}.",)
+    if spec == "bundled":
+        from siglip_dola.data import BUNDLED_TEMPLATES
+
+        return BUNDLED_TEMPLATES
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(
+            f"unknown template set {spec!r}: expected openai, simple, photo, bundled "
+            "or a file with one template per line"
+        )
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    templates = tuple(line for line in lines if line and not line.startswith("#"))
+    if not templates:
+        raise ValueError(f"template file {path} holds no template")
+    for number, template in enumerate(templates, 1):
+        if "{c}" not in template:
+            raise ValueError(
+                f"template {number} in {path} lacks the class placeholder {{c}}: {template!r}"
+            )
+    return templates
+
+
+def validate_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
+    """Non-empty, stripped, unique class names (duplicates are named in the error)."""
+    names = tuple(str(n).strip() for n in class_names)
+    if not names:
+        raise ValueError("no class names given: expected at least one")
+    empty = [i for i, n in enumerate(names) if not n]
+    if empty:
+        raise ValueError(f"empty class name at position(s) {empty}")
+    seen: dict[str, int] = {}
+    duplicates = []
+    for i, name in enumerate(names):
+        if name.lower() in seen:
+            duplicates.append(f"{name!r} (positions {seen[name.lower()]} and {i})")
+        seen.setdefault(name.lower(), i)
+    if duplicates:
+        raise ValueError("duplicate class names: " + ", ".join(duplicates))
+    return names
+
+
+def text_bank_key(
+    encoder: TextEncoder, class_names: Sequence[str], templates: Sequence[str]
+) -> str:
+    """Cache key: model identity, weights fingerprint, class names and templates."""
+    payload = json.dumps(
+        {
+            "model": encoder.name,
+            "weights": encoder.fingerprint,
+            "classes": list(class_names),
+            "templates": list(templates),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@torch.no_grad()
+def _encode_classes(
+    encoder: TextEncoder,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int,
+    progress: bool,
+) -> torch.Tensor:
+    # Batch over classes: one encoder call holds several classes' templates at once.
+    per_call = max(1, batch_size // len(templates))
+    rows = []
+    chunks = range(0, len(class_names), per_call)
+    for start in tqdm(chunks, desc="text bank", unit="batch", disable=not progress, leave=False):
+        names = class_names[start : start + per_call]
+        texts = [t.replace("{c}", name) for name in names for t in templates]
+        emb = encoder.encode_text(texts).float()
+        emb = torch.nn.functional.normalize(emb, dim=-1).view(len(names), len(templates), -1)
+        rows.append(torch.nn.functional.normalize(emb.mean(1), dim=-1).cpu())
+    return torch.cat(rows)
+
+
+def build_text_bank(
+    encoder: TextEncoder,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> torch.Tensor:
+    """[C, D] float32 class embeddings (unit norm), read from / written to the disk cache.
+
+    ``cache_dir=None`` disables caching.
+    """
+    names = validate_class_names(class_names)
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError("no templates given: expected at least one, e.g. 'a photo of a {c}.'")
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "text_banks" / f"{text_bank_key(encoder, names, templates)}.pt"
+        if path.is_file():
+            bank = torch.load(path, map_location="cpu", weights_only=True)
+            if bank.shape[0] == len(names):
+                return bank
+    bank = _encode_classes(encoder, names, templates, batch_size, progress)
+    if not torch.isfinite(bank).all():
+        raise ValueError(f"text encoder {encoder.name} produced NaN/inf embeddings")
+    if path is not None:
+        buffer = io.BytesIO()
+        torch.save(bank, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return bank

@@ -1,0 +1,600 @@
+"""Zero-shot classification with DoLa: one backbone pass per batch, every variant from it.
+
+The pipeline is split so that each step can be cached or reused:
+
+1. :func:`extract_layer_embeddings` - images -> per-layer embeddings [L, N, D] (one forward
+   per batch; optionally memory-mapped on disk);
+2. :func:`layer_scores` - embeddings x text bank -> per-layer scores [L, N, C];
+3. :func:`evaluate_variants` - baseline, dynamic, static and APC-only variants over an alpha
+   grid, all from the same scores, with their metrics.
+
+:class:`ZeroShotClassifier` wraps the three for new images (``use_dola=True`` is the switch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from siglip_dola.data import ImageError, ImageSet, Skipped
+from siglip_dola.dola import apc_only, apply_dola, contrast, select_contrast_layer
+from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
+from siglip_dola.readout.base import LoadedModel, VisionReadout
+from siglip_dola.text import build_text_bank, validate_class_names
+
+__all__ = [
+    "ClassifierOutput",
+    "LayerEmbeddingSet",
+    "Variant",
+    "VariantResult",
+    "ZeroShotClassifier",
+    "classification_metrics",
+    "default_variants",
+    "evaluate_variants",
+    "extract_layer_embeddings",
+    "layer_scores",
+    "ranking_scores",
+]
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@dataclass
+class LayerEmbeddingSet:
+    """Per-layer image embeddings of a data set: ``embeddings[i]`` belongs to ``layers[i]``."""
+
+    layers: tuple[int, ...]  # ascending, ends with the final layer N
+    embeddings: np.ndarray  # float32 [L, N, D], possibly a read-only memory map
+    labels: np.ndarray  # int64 [N]
+    indices: np.ndarray  # int64 [N]: positions in the source ImageSet (skips removed)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def final_layer(self) -> int:
+        return self.layers[-1]
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    def __init__(self, image_set: ImageSet) -> None:
+        self.image_set = image_set
+
+    def __len__(self) -> int:
+        return len(self.image_set)
+
+    def __getitem__(self, index: int) -> tuple[int, Image.Image | str]:
+        try:
+            return index, self.image_set.image(index)
+        except ImageError as exc:
+            return index, str(exc)
+
+
+def _collate(items: list[tuple[int, Image.Image | str]]) -> list[tuple[int, Image.Image | str]]:
+    return items
+
+
+def _cache_key(
+    vision: VisionReadout, image_set: ImageSet, layers: Sequence[int], dtype: torch.dtype
+) -> str:
+    payload = json.dumps(
+        {
+            "model": vision.name,
+            "weights": vision.fingerprint,
+            "data": image_set.fingerprint(),
+            "layers": list(layers),
+            "dtype": str(dtype),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _load_cached(path: Path) -> LayerEmbeddingSet | None:
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    return LayerEmbeddingSet(
+        layers=tuple(meta["layers"]),
+        embeddings=np.load(path / "embeddings.npy", mmap_mode="r"),
+        labels=np.asarray(meta["labels"], dtype=np.int64),
+        indices=np.asarray(meta["indices"], dtype=np.int64),
+        skipped=[Skipped(**s) for s in meta["skipped"]],
+    )
+
+
+def _save_cached(path: Path, result: LayerEmbeddingSet) -> None:
+    # Written into a sibling temp folder and renamed: a crash never leaves a partial cache.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        np.save(tmp / "embeddings.npy", np.ascontiguousarray(result.embeddings))
+        meta = {
+            "layers": list(result.layers),
+            "labels": result.labels.tolist(),
+            "indices": result.indices.tolist(),
+            "skipped": [s.__dict__ for s in result.skipped],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _model_device_dtype(
+    batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> dict:
+    return {
+        k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+        for k, v in batch.items()
+    }
+
+
+@torch.no_grad()
+def extract_layer_embeddings(
+    vision: VisionReadout,
+    image_set: ImageSet,
+    layers: Iterable[int],
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+) -> LayerEmbeddingSet:
+    """Read ``layers`` (plus N) out for every image: one backbone forward per batch.
+
+    Unusable images are skipped and listed. With ``cache_dir`` the result is stored as a
+    memory-mapped ``.npy`` keyed by model, weights, data and layers, and reused.
+    """
+    requested = tuple(layers)
+    contrast_layers = set(validate_candidates(requested, vision.depth)) if requested else set()
+    wanted = tuple(sorted(contrast_layers | {vision.depth}))
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / "embeddings" / _cache_key(vision, image_set, wanted, dtype)
+        cached = _load_cached(cache_path)
+        if cached is not None:
+            return cached
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(image_set),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    chunks: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped = list(image_set.skipped)
+    bar = tqdm(total=len(image_set), desc="images", unit="img", disable=not progress)
+    for items in loader:
+        images, positions = [], []
+        for index, item in items:
+            if isinstance(item, str):
+                skipped.append(Skipped(image_set.source(index), item))
+            else:
+                images.append(item)
+                positions.append(index)
+        if images:
+            batch = _model_device_dtype(vision.preprocess(images), device, dtype)
+            out = vision.forward_layers(batch, wanted)
+            chunks.append(out.embeddings.float().cpu().numpy())
+            kept.extend(positions)
+        bar.update(len(items))
+        bar.set_postfix(skipped=len(skipped) - len(image_set.skipped))
+    bar.close()
+    if not kept:
+        raise ValueError(
+            f"no usable image in {image_set.name}: all {len(image_set)} were skipped "
+            f"(first reason: {skipped[0].reason if skipped else 'empty data set'})"
+        )
+    indices = np.asarray(kept, dtype=np.int64)
+    result = LayerEmbeddingSet(
+        layers=wanted,
+        embeddings=np.concatenate(chunks, axis=1),
+        labels=image_set.labels[indices],
+        indices=indices,
+        skipped=skipped,
+    )
+    if not np.isfinite(result.embeddings).all():
+        raise ValueError(f"model {vision.name} produced NaN/inf image embeddings")
+    if cache_path is not None:
+        _save_cached(cache_path, result)
+    return result
+
+
+def layer_scores(
+    embeddings: np.ndarray | torch.Tensor, text_bank: torch.Tensor, tau: float, block: int = 4096
+) -> torch.Tensor:
+    """Scores [L, N, C] = <normalised z_l, normalised t_c> / tau, computed in image blocks."""
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    emb = (
+        torch.as_tensor(np.asarray(embeddings))
+        if isinstance(embeddings, np.ndarray)
+        else embeddings
+    )
+    if emb.shape[-1] != text_bank.shape[-1]:
+        raise ValueError(
+            f"embedding size mismatch: image embeddings have D={emb.shape[-1]}, text bank has "
+            f"D={text_bank.shape[-1]}; the text bank must come from the paired text tower"
+        )
+    bank = torch.nn.functional.normalize(text_bank.float(), dim=-1)
+    out = []
+    for start in range(0, emb.shape[1], block):
+        z = torch.nn.functional.normalize(emb[:, start : start + block].float(), dim=-1)
+        out.append(z @ bank.T / tau)
+    return torch.cat(out, dim=1)
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+VariantKind = Literal["baseline", "dynamic", "static", "apc"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to score: the baseline q_N, DoLa dynamic/static, or the APC-only ablation."""
+
+    kind: VariantKind
+    alpha: float = 0.0
+    layers: tuple[int, ...] = ()  # dynamic: candidates; static: (M,)
+    bucket: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "baseline":
+            return "baseline"
+        if self.kind == "apc":
+            return f"apc-only a={self.alpha:g}"
+        if self.kind == "static":
+            return f"static L{self.layers[0]} a={self.alpha:g}"
+        where = (
+            f"[{self.bucket[0]}-{self.bucket[1]}]"
+            if self.bucket
+            else ",".join(map(str, self.layers))
+        )
+        return f"dynamic {where} a={self.alpha:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "alpha": self.alpha,
+            "layers": list(self.layers),
+            "bucket": list(self.bucket) if self.bucket else None,
+        }
+
+
+def default_variants(
+    depth: int,
+    num_buckets: int = 3,
+    alphas: Sequence[float] = (0.1,),
+    static_layers: Sequence[int] | None = (),
+    apc: bool = True,
+) -> list[Variant]:
+    """Baseline, dynamic per bucket, static per layer (``None``: every layer 1..N-1) and
+    APC-only, each over ``alphas``."""
+    variants = [Variant("baseline")]
+    if static_layers is None:
+        statics: Sequence[int] = range(1, depth)
+    else:
+        statics = validate_candidates(static_layers, depth) if static_layers else ()
+    for alpha in alphas:
+        for bucket in split_buckets(depth, num_buckets):
+            try:
+                cands = bucket_candidates(bucket, depth)
+            except ValueError:
+                continue  # a bucket holding only the final layer
+            variants.append(Variant("dynamic", float(alpha), cands, bucket))
+        variants.extend(Variant("static", float(alpha), (m,)) for m in statics)
+        if apc:
+            variants.append(Variant("apc", float(alpha)))
+    return variants
+
+
+def ranking_scores(p_hat: torch.Tensor, kept: torch.Tensor, q_final: torch.Tensor) -> torch.Tensor:
+    """Order for top-k under DoLa: kept classes by p_hat, then the rest by q_N.
+
+    p_hat is exactly 0 outside the kept set, so it alone cannot rank those classes.
+    """
+    return torch.where(kept, 1.0 + p_hat, q_final)
+
+
+def classification_metrics(
+    ranking: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> dict[str, float]:
+    """acc1, acc5 and mean per-class recall from per-image class scores [N, C]."""
+    k = min(5, ranking.shape[-1])
+    top = ranking.topk(k, dim=-1).indices
+    correct1 = top[:, 0] == labels
+    correct5 = (top == labels[:, None]).any(-1)
+    recalls = [
+        correct1[labels == c].float().mean().item()
+        for c in range(num_classes)
+        if (labels == c).any()
+    ]
+    return {
+        "acc1": correct1.float().mean().item(),
+        "acc5": correct5.float().mean().item(),
+        "mean_per_class_recall": float(np.mean(recalls)) if recalls else float("nan"),
+    }
+
+
+@dataclass
+class VariantResult:
+    variant: Variant
+    metrics: dict[str, float]
+    predictions: torch.Tensor  # [N] top-1 class
+    chosen_layers: torch.Tensor | None = None  # [N] (dynamic/static)
+    mean_kept: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.variant.to_dict(), "metrics": self.metrics}
+        if self.mean_kept is not None:
+            out["mean_kept"] = self.mean_kept
+        if self.chosen_layers is not None and self.variant.kind == "dynamic":
+            hist = Counter(self.chosen_layers.tolist())
+            out["chosen_layer_histogram"] = {str(k): hist[k] for k in sorted(hist)}
+        return out
+
+
+def _contrast_layers_needed(variants: Sequence[Variant]) -> set[int]:
+    return {m for v in variants if v.kind in ("dynamic", "static") for m in v.layers}
+
+
+@torch.no_grad()
+def evaluate_variants(
+    scores: torch.Tensor,
+    layers: Sequence[int],
+    labels: np.ndarray | torch.Tensor,
+    variants: Sequence[Variant],
+    num_classes: int | None = None,
+) -> tuple[list[VariantResult], dict[int, float]]:
+    """Every variant from one set of per-layer scores [L, N, C].
+
+    Returns the variant results (in order) and the top-1 accuracy of each layer's own readout.
+    Log-distributions and the JSD of every contrast layer are computed once and shared.
+    """
+    layers = list(layers)
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    num_classes = num_classes or scores.shape[-1]
+    log_q = torch.log_softmax(scores.float(), dim=-1)
+    log_final = log_q[-1]
+    q_final = log_final.exp()
+    needed = sorted(_contrast_layers_needed(variants))
+    missing = [m for m in needed if m not in layers]
+    if missing:
+        raise ValueError(f"variants need layers {missing} that were not read out (have {layers})")
+    column = {m: i for i, m in enumerate(needed)}
+    divergence = None
+    if needed:
+        rows = torch.tensor([layers.index(m) for m in needed])
+        _, divergence = select_contrast_layer(log_final, log_q.index_select(0, rows))  # [N, K]
+
+    per_layer = {
+        layer: (scores[i].argmax(-1) == labels_t).float().mean().item()
+        for i, layer in enumerate(layers)
+    }
+    arange = torch.arange(log_final.shape[0])
+    results = []
+    for variant in variants:
+        if variant.kind == "baseline":
+            results.append(
+                VariantResult(
+                    variant,
+                    classification_metrics(q_final, labels_t, num_classes),
+                    q_final.argmax(-1),
+                )
+            )
+            continue
+        if variant.kind == "apc":
+            p_hat, kept = apc_only(log_final, variant.alpha)
+            chosen = None
+        else:
+            cols = torch.tensor([column[m] for m in variant.layers])
+            pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest candidate
+            chosen = torch.tensor(variant.layers)[pick]
+            contrast_rows = torch.tensor([layers.index(m) for m in variant.layers])[pick]
+            p_hat, kept = contrast(log_final, log_q[contrast_rows, arange], variant.alpha)
+        ranking = ranking_scores(p_hat, kept, q_final)
+        results.append(
+            VariantResult(
+                variant,
+                classification_metrics(ranking, labels_t, num_classes),
+                ranking.argmax(-1),
+                chosen_layers=chosen,
+                mean_kept=kept.float().sum(-1).mean().item(),
+            )
+        )
+    return results, per_layer
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+@dataclass
+class ClassifierOutput:
+    """Predictions for a batch: probabilities [B, C] (p_hat under DoLa, else q_N)."""
+
+    probs: torch.Tensor
+    ranking: torch.Tensor  # [B, C] order used for top-k
+    chosen_layers: torch.Tensor | None  # [B] contrast layer per image (DoLa only)
+    kept: torch.Tensor | None  # [B, C] APC set (DoLa only)
+
+    def topk(self, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+        k = min(k, self.ranking.shape[-1])
+        idx = self.ranking.topk(k, dim=-1).indices
+        return idx, self.probs.gather(-1, idx)
+
+
+class ZeroShotClassifier:
+    """Zero-shot classifier over a SigLIP readout, with DoLa behind one switch.
+
+    ``use_dola=True`` contrasts the final layer with ``candidate_layers`` (dynamic, default:
+    the last bucket's even layers) or ``static_layer``; a calibration ``profile`` sets mode,
+    layers and alpha (and turns DoLa off when calibration found no gain).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        class_names: Sequence[str],
+        templates: Sequence[str] = ("a photo of a {c}.",),
+        use_dola: bool = True,
+        candidate_layers: Sequence[int] | None = None,
+        static_layer: int | None = None,
+        alpha: float = 0.1,
+        tau: float | None = None,
+        profile: dict[str, Any] | None = None,
+        cache_dir: Path | str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if model.text is None:
+            raise ValueError("this model has no text tower: load it with a text model spec")
+        self.model = model
+        self.class_names = validate_class_names(class_names)
+        self.device, self.dtype = torch.device(device), dtype
+        depth = model.vision.depth
+        self.variant = Variant("baseline")
+        if profile is not None:
+            from siglip_dola.calibrate import variant_from_profile
+
+            self.variant = variant_from_profile(profile, depth)
+            alpha = self.variant.alpha
+            tau = profile.get("tau", tau)
+        elif use_dola:
+            if static_layer is not None:
+                self.variant = Variant("static", alpha, validate_candidates([static_layer], depth))
+            else:
+                bucket = split_buckets(depth)[-1]
+                layers = (
+                    bucket_candidates(bucket, depth)
+                    if candidate_layers is None
+                    else candidate_layers
+                )
+                self.variant = Variant("dynamic", alpha, validate_candidates(layers, depth))
+        if not use_dola:
+            self.variant = Variant("baseline")
+        self.tau = model.tau if tau is None else float(tau)
+        self.text_bank = build_text_bank(
+            model.text, self.class_names, templates, cache_dir=cache_dir, progress=False
+        )
+
+    @property
+    def use_dola(self) -> bool:
+        return self.variant.kind != "baseline"
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Image.Image]) -> ClassifierOutput:
+        vision = self.model.vision
+        batch = _model_device_dtype(vision.preprocess(list(images)), self.device, self.dtype)
+        out = vision.forward_layers(batch, self.variant.layers)
+        scores = layer_scores(out.embeddings.float().cpu(), self.text_bank, self.tau)
+        log_q = torch.log_softmax(scores, dim=-1)
+        q_final = log_q[-1].exp()
+        if self.variant.kind == "baseline":
+            return ClassifierOutput(q_final, q_final, None, None)
+        if self.variant.kind == "apc":
+            p_hat, kept = apc_only(log_q[-1], self.variant.alpha)
+            return ClassifierOutput(p_hat, ranking_scores(p_hat, kept, q_final), None, kept)
+        static = self.variant.layers[0] if self.variant.kind == "static" else None
+        result = apply_dola(
+            scores,
+            layers=out.layers,
+            alpha=self.variant.alpha,
+            static_layer=static,
+            candidate_layers=None if static is not None else self.variant.layers,
+        )
+        ranking = ranking_scores(result.p_hat, result.kept, q_final)
+        return ClassifierOutput(result.p_hat, ranking, result.chosen_layers, result.kept)
+
+
+# ----------------------------------------------------------------------------- whole data set
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation produced (the embeddings can be reused for more variants)."""
+
+    results: list[VariantResult]
+    per_layer_acc1: dict[int, float]
+    embeddings: LayerEmbeddingSet
+    text_bank: torch.Tensor
+    tau: float
+
+    def variant(self, name: str) -> VariantResult:
+        for r in self.results:
+            if r.variant.name == name:
+                return r
+        raise KeyError(f"no variant named {name!r}")
+
+
+def evaluate_dataset(
+    model: LoadedModel,
+    image_set: ImageSet,
+    templates: Sequence[str],
+    variants: Sequence[Variant],
+    *,
+    readout_layers: Iterable[int] | None = None,
+    tau: float | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+    embeddings: LayerEmbeddingSet | None = None,
+) -> Evaluation:
+    """Text bank, one readout pass over the images, then every variant from its scores.
+
+    ``readout_layers`` defaults to every layer 1..N-1 (for the per-layer accuracy curve);
+    the layers the variants need are always added. Pass ``embeddings`` to reuse a pass.
+    """
+    if model.text is None:
+        raise ValueError(f"model {model.vision.name} has no text tower: pass a text model spec")
+    depth = model.vision.depth
+    layers = set(range(1, depth) if readout_layers is None else readout_layers)
+    layers |= _contrast_layers_needed(variants)
+    bank = build_text_bank(
+        model.text, image_set.class_names, templates, cache_dir=cache_dir, progress=progress
+    )
+    if embeddings is None or not set(layers) <= set(embeddings.layers):
+        embeddings = extract_layer_embeddings(
+            model.vision,
+            image_set,
+            sorted(layers),
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            dtype=dtype,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    tau = model.tau if tau is None else float(tau)
+    scores = layer_scores(embeddings.embeddings, bank, tau)
+    results, per_layer = evaluate_variants(
+        scores,
+        embeddings.layers,
+        embeddings.labels,
+        variants,
+        num_classes=len(image_set.class_names),
+    )
+    return Evaluation(results, per_layer, embeddings, bank, tau)

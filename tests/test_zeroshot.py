@@ -1,0 +1,112 @@
+"""Zero-shot evaluation maths: every one-pass variant equals the DoLa core on its own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from siglip_dola.dola import apc_only, apply_dola
+from siglip_dola.zeroshot import (
+    Variant,
+    classification_metrics,
+    default_variants,
+    evaluate_variants,
+    layer_scores,
+    ranking_scores,
+)
+
+
+@pytest.fixture()
+def problem():
+    gen = torch.Generator().manual_seed(0)
+    depth, n, c, d = 8, 64, 7, 16
+    layers = tuple(range(1, depth + 1))
+    emb = torch.randn(depth, n, d, generator=gen)
+    bank = torch.randn(c, d, generator=gen)
+    labels = (emb[-1] @ bank.T).argmax(-1)
+    labels[::4] = torch.randint(0, c, (len(labels[::4]),), generator=gen)  # not all correct
+    return layers, emb, bank, labels.numpy()
+
+
+def test_every_variant_equals_dola_core(problem):
+    layers, emb, bank, labels = problem
+    tau = 0.05
+    scores = layer_scores(emb, bank, tau)
+    variants = default_variants(8, 3, (0.0, 0.1, 0.5), None, apc=True)
+    results, per_layer = evaluate_variants(scores, layers, labels, variants)
+    assert len(results) == len(variants)
+    q_final = torch.softmax(scores[-1], -1)
+    for r in results:
+        v = r.variant
+        if v.kind == "baseline":
+            expected = q_final
+        elif v.kind == "apc":
+            p_hat, kept = apc_only(torch.log_softmax(scores[-1], -1), v.alpha)
+            expected = ranking_scores(p_hat, kept, q_final)
+        else:
+            static = v.layers[0] if v.kind == "static" else None
+            core = apply_dola(
+                scores, layers=layers, alpha=v.alpha, static_layer=static,
+                candidate_layers=None if static else v.layers,
+            )
+            expected = ranking_scores(core.p_hat, core.kept, q_final)
+            assert torch.equal(r.chosen_layers, core.chosen_layers), v.name
+            assert r.mean_kept == pytest.approx(core.kept.float().sum(-1).mean().item())
+        assert torch.equal(r.predictions, expected.argmax(-1)), v.name
+        assert r.metrics == classification_metrics(expected, torch.as_tensor(labels), 7), v.name
+    for i, layer in enumerate(layers):
+        expected_acc = (scores[i].argmax(-1).numpy() == labels).mean()
+        assert per_layer[layer] == pytest.approx(expected_acc)
+
+
+def test_layer_scores_are_cosine_over_tau(problem):
+    layers, emb, bank, _ = problem
+    s = layer_scores(emb, bank, 0.5, block=10)
+    zn = torch.nn.functional.normalize(emb, dim=-1)
+    tn = torch.nn.functional.normalize(bank, dim=-1)
+    assert torch.allclose(s, zn @ tn.T / 0.5, atol=1e-5)
+    with pytest.raises(ValueError, match="embedding size mismatch"):
+        layer_scores(emb, bank[:, :5], 1.0)
+
+
+def test_metrics_by_hand():
+    ranking = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.2, 0.7]])
+    labels = torch.tensor([0, 1, 1, 0])
+    m = classification_metrics(ranking, labels, 3)
+    assert m["acc1"] == pytest.approx(0.5)
+    assert m["acc5"] == pytest.approx(1.0)  # C = 3 < 5: every class is in the top 5
+    # class 0: 1 of 2 right; class 1: 1 of 2 right
+    assert m["mean_per_class_recall"] == pytest.approx(0.5)
+
+
+def test_ranking_puts_kept_classes_first():
+    p_hat = torch.tensor([[0.0, 1.0, 0.0]])
+    kept = torch.tensor([[False, True, False]])
+    q = torch.tensor([[0.3, 0.6, 0.1]])
+    assert ranking_scores(p_hat, kept, q).argsort(descending=True).tolist() == [[1, 0, 2]]
+
+
+def test_default_variants_names_and_counts():
+    v = default_variants(24, 3, (0.05, 0.1, 0.2), None)
+    kinds = [x.kind for x in v]
+    assert kinds.count("dynamic") == 9 and kinds.count("static") == 69 and kinds.count("apc") == 3
+    assert v[0] == Variant("baseline")
+    names = {x.name for x in v}
+    assert "dynamic [17-24] a=0.1" in names and "static L20 a=0.2" in names
+    assert len(names) == len(v)
+
+
+def test_missing_layer_is_an_error(problem):
+    layers, emb, bank, labels = problem
+    scores = layer_scores(emb[-2:], bank, 1.0)
+    with pytest.raises(ValueError, match="not read out"):
+        evaluate_variants(scores, (7, 8), labels, [Variant("static", 0.1, (3,))])
+
+
+def test_numpy_embeddings_accepted(problem):
+    layers, emb, bank, labels = problem
+    a = layer_scores(emb.numpy(), bank, 1.0)
+    b = layer_scores(emb, bank, 1.0)
+    assert torch.allclose(a, b)
+    assert np.isfinite(a.numpy()).all()
