@@ -10,10 +10,13 @@ from siglip_dola.dola import apc_only, apply_dola
 from siglip_dola.zeroshot import (
     Variant,
     classification_metrics,
+    LayerEmbeddingSet,
     default_variants,
+    evaluate_embeddings,
     evaluate_variants,
     layer_scores,
     ranking_scores,
+    top_classes,
 )
 
 
@@ -54,7 +57,8 @@ def test_every_variant_equals_dola_core(problem):
             assert torch.equal(r.chosen_layers, core.chosen_layers), v.name
             assert r.mean_kept == pytest.approx(core.kept.float().sum(-1).mean().item())
         assert torch.equal(r.predictions, expected.argmax(-1)), v.name
-        assert r.metrics == classification_metrics(expected, torch.as_tensor(labels), 7), v.name
+        top = top_classes(expected)
+        assert r.metrics == classification_metrics(top, torch.as_tensor(labels), 7), v.name
     for i, layer in enumerate(layers):
         expected_acc = (scores[i].argmax(-1).numpy() == labels).mean()
         assert per_layer[layer] == pytest.approx(expected_acc)
@@ -73,7 +77,7 @@ def test_layer_scores_are_cosine_over_tau(problem):
 def test_metrics_by_hand():
     ranking = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.2, 0.7]])
     labels = torch.tensor([0, 1, 1, 0])
-    m = classification_metrics(ranking, labels, 3)
+    m = classification_metrics(top_classes(ranking), labels, 3)
     assert m["acc1"] == pytest.approx(0.5)
     assert m["acc5"] == pytest.approx(1.0)  # C = 3 < 5: every class is in the top 5
     # class 0: 1 of 2 right; class 1: 1 of 2 right
@@ -110,3 +114,19 @@ def test_numpy_embeddings_accepted(problem):
     b = layer_scores(emb, bank, 1.0)
     assert torch.allclose(a, b)
     assert np.isfinite(a.numpy()).all()
+
+
+def test_blocked_evaluation_equals_one_block(problem):
+    layers, emb, bank, labels = problem
+    variants = default_variants(8, 3, (0.1, 0.3), None)
+    whole, per_layer = evaluate_variants(layer_scores(emb, bank, 0.1), layers, labels, variants)
+    emb_set = LayerEmbeddingSet(layers, emb.numpy(), labels, np.arange(len(labels)))
+    # 8 layers x 7 classes x 3 images per block: 22 blocks of uneven fill
+    blocked, per_layer_b = evaluate_embeddings(emb_set, bank, 0.1, variants, max_block_elements=8 * 7 * 3)
+    assert per_layer == per_layer_b
+    for a, b in zip(whole, blocked):
+        assert a.metrics == b.metrics and torch.equal(a.predictions, b.predictions)
+        assert (a.chosen_layers is None) == (b.chosen_layers is None)
+        if a.chosen_layers is not None:
+            assert torch.equal(a.chosen_layers, b.chosen_layers)
+        assert a.mean_kept == pytest.approx(b.mean_kept) if a.mean_kept is not None else b.mean_kept is None

@@ -20,9 +20,8 @@ from siglip_dola.text import build_text_bank
 from siglip_dola.zeroshot import (
     Variant,
     default_variants,
-    evaluate_variants,
+    evaluate_embeddings,
     extract_layer_embeddings,
-    layer_scores,
 )
 
 __all__ = ["run_eval_benchmark"]
@@ -53,8 +52,7 @@ def _one_eval(
         cache_dir=None,
         progress=False,
     )
-    scores = layer_scores(emb.embeddings, bank, model.tau)
-    evaluate_variants(scores, emb.layers, emb.labels, variants, len(image_set.class_names))
+    evaluate_embeddings(emb, bank, model.tau, variants, len(image_set.class_names))
     return time.perf_counter() - start
 
 

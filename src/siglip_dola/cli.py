@@ -537,8 +537,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         Variant,
         default_variants,
         evaluate_dataset,
-        evaluate_variants,
-        layer_scores,
+        evaluate_embeddings,
     )
 
     out = args.out or Path("results") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -569,14 +568,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=_progress(args),
     )
     emb = evaluation.embeddings
-    scores = layer_scores(emb.embeddings, evaluation.text_bank, evaluation.tau)
     row_of = {int(i): row for row, i in enumerate(emb.indices)}
 
     def evaluate_split(ids: list[int]):
-        rows = [row_of[i] for i in ids if i in row_of]
-        return evaluate_variants(
-            scores[:, rows], emb.layers, emb.labels[rows], variants, len(data.class_names)
-        )
+        part = emb.subset([row_of[i] for i in ids if i in row_of])
+        return evaluate_embeddings(part, evaluation.text_bank, evaluation.tau, variants, len(data.class_names))
 
     val_results, _ = evaluate_split(val_ids)
     test_results, test_per_layer = evaluate_split(test_ids)

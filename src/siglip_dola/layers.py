@@ -53,7 +53,11 @@ def split_buckets(depth: int, num_buckets: int = 3) -> list[Bucket]:
     N=24, k=3 -> [(1, 8), (9, 16), (17, 24)]; N=26, k=3 -> [(1, 8), (9, 17), (18, 26)].
     """
     validate_depth(depth)
-    if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or not 1 <= num_buckets <= depth:
+    if (
+        isinstance(num_buckets, bool)
+        or not isinstance(num_buckets, int)
+        or not 1 <= num_buckets <= depth
+    ):
         raise ValueError(f"number of buckets must be an integer in 1..{depth}, got {num_buckets!r}")
     size, remainder = divmod(depth, num_buckets)
     buckets, start = [], 1
@@ -106,9 +110,13 @@ def parse_layers(text: str, depth: int, num_buckets: int = 3) -> tuple[int, ...]
             try:
                 number = int(part.split(":", 1)[1])
             except ValueError:
-                raise ValueError(f"bad bucket {part!r}: expected bucket:1..{len(buckets)}") from None
+                raise ValueError(
+                    f"bad bucket {part!r}: expected bucket:1..{len(buckets)}"
+                ) from None
             if not 1 <= number <= len(buckets):
-                raise ValueError(f"bucket {number} does not exist: valid buckets are 1..{len(buckets)}")
+                raise ValueError(
+                    f"bucket {number} does not exist: valid buckets are 1..{len(buckets)}"
+                )
             layers.extend(bucket_candidates(buckets[number - 1], depth))
         elif "-" in part:
             lo, _, hi = part.partition("-")

@@ -66,6 +66,14 @@ class LayerEmbeddingSet:
     def final_layer(self) -> int:
         return self.layers[-1]
 
+    def subset(self, rows: Sequence[int]) -> LayerEmbeddingSet:
+        """The images at ``rows`` (positions in this set, not in the source ImageSet)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return LayerEmbeddingSet(
+            self.layers, np.asarray(self.embeddings[:, rows]), self.labels[rows], self.indices[rows],
+            list(self.skipped),
+        )
+
 
 class _ImageDataset(torch.utils.data.Dataset):
     def __init__(self, image_set: ImageSet) -> None:
@@ -318,13 +326,12 @@ def ranking_scores(p_hat: torch.Tensor, kept: torch.Tensor, q_final: torch.Tenso
 
 
 def classification_metrics(
-    ranking: torch.Tensor, labels: torch.Tensor, num_classes: int
+    top: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> dict[str, float]:
-    """acc1, acc5 and mean per-class recall from per-image class scores [N, C]."""
-    k = min(5, ranking.shape[-1])
-    top = ranking.topk(k, dim=-1).indices
+    """acc1, acc5 and mean per-class recall from each image's top-k class indices [N, k]
+    (best first; k < 5 when there are fewer than 5 classes)."""
     correct1 = top[:, 0] == labels
-    correct5 = (top == labels[:, None]).any(-1)
+    correct5 = (top[:, :5] == labels[:, None]).any(-1)
     recalls = [
         correct1[labels == c].float().mean().item()
         for c in range(num_classes)
@@ -335,6 +342,11 @@ def classification_metrics(
         "acc5": correct5.float().mean().item(),
         "mean_per_class_recall": float(np.mean(recalls)) if recalls else float("nan"),
     }
+
+
+def top_classes(ranking: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Indices [N, min(k, C)] of the best-ranked classes, best first."""
+    return ranking.topk(min(k, ranking.shape[-1]), dim=-1).indices
 
 
 @dataclass
@@ -359,6 +371,75 @@ def _contrast_layers_needed(variants: Sequence[Variant]) -> set[int]:
     return {m for v in variants if v.kind in ("dynamic", "static") for m in v.layers}
 
 
+@dataclass
+class _BlockOutcome:
+    top: list[torch.Tensor]  # per variant [b, k]
+    chosen: list[torch.Tensor | None]  # per variant [b]
+    kept: list[torch.Tensor | None]  # per variant [b] kept-set sizes
+    layer_top1: torch.Tensor  # [L, b]
+
+
+def _block_outcome(scores: torch.Tensor, layers: list[int], variants: Sequence[Variant]) -> _BlockOutcome:
+    """Every variant on one block of per-layer scores [L, b, C].
+
+    Log-distributions and the JSD of every contrast layer are computed once and shared.
+    """
+    log_q = torch.log_softmax(scores.float(), dim=-1)
+    log_final = log_q[-1]
+    q_final = log_final.exp()
+    needed = sorted(_contrast_layers_needed(variants))
+    column = {m: i for i, m in enumerate(needed)}
+    divergence = None
+    if needed:
+        rows = torch.tensor([layers.index(m) for m in needed])
+        _, divergence = select_contrast_layer(log_final, log_q.index_select(0, rows))  # [b, K]
+    arange = torch.arange(log_final.shape[0])
+    out = _BlockOutcome([], [], [], scores.argmax(-1))
+    for variant in variants:
+        if variant.kind == "baseline":
+            out.top.append(top_classes(q_final))
+            out.chosen.append(None)
+            out.kept.append(None)
+            continue
+        chosen = None
+        if variant.kind == "apc":
+            p_hat, kept = apc_only(log_final, variant.alpha)
+        else:
+            cols = torch.tensor([column[m] for m in variant.layers])
+            pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest candidate
+            chosen = torch.tensor(variant.layers)[pick]
+            contrast_rows = torch.tensor([layers.index(m) for m in variant.layers])[pick]
+            p_hat, kept = contrast(log_final, log_q[contrast_rows, arange], variant.alpha)
+        out.top.append(top_classes(ranking_scores(p_hat, kept, q_final)))
+        out.chosen.append(chosen)
+        out.kept.append(kept.sum(-1))
+    return out
+
+
+def _check_layers(layers: list[int], variants: Sequence[Variant]) -> None:
+    missing = sorted(m for m in _contrast_layers_needed(variants) if m not in layers)
+    if missing:
+        raise ValueError(f"variants need layers {missing} that were not read out (have {layers})")
+
+
+def _summarise(
+    outcomes: list[_BlockOutcome], layers: list[int], labels: torch.Tensor, variants: Sequence[Variant],
+    num_classes: int,
+) -> tuple[list[VariantResult], dict[int, float]]:
+    layer_top1 = torch.cat([o.layer_top1 for o in outcomes], dim=1)
+    per_layer = {layer: (layer_top1[i] == labels).float().mean().item() for i, layer in enumerate(layers)}
+    results = []
+    for v, variant in enumerate(variants):
+        top = torch.cat([o.top[v] for o in outcomes])
+        chosen = None if outcomes[0].chosen[v] is None else torch.cat([o.chosen[v] for o in outcomes])
+        kept = None if outcomes[0].kept[v] is None else torch.cat([o.kept[v] for o in outcomes])
+        results.append(VariantResult(
+            variant, classification_metrics(top, labels, num_classes), top[:, 0], chosen_layers=chosen,
+            mean_kept=None if kept is None else kept.float().mean().item(),
+        ))
+    return results, per_layer
+
+
 @torch.no_grad()
 def evaluate_variants(
     scores: torch.Tensor,
@@ -370,60 +451,39 @@ def evaluate_variants(
     """Every variant from one set of per-layer scores [L, N, C].
 
     Returns the variant results (in order) and the top-1 accuracy of each layer's own readout.
-    Log-distributions and the JSD of every contrast layer are computed once and shared.
     """
     layers = list(layers)
+    _check_layers(layers, variants)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    num_classes = num_classes or scores.shape[-1]
-    log_q = torch.log_softmax(scores.float(), dim=-1)
-    log_final = log_q[-1]
-    q_final = log_final.exp()
-    needed = sorted(_contrast_layers_needed(variants))
-    missing = [m for m in needed if m not in layers]
-    if missing:
-        raise ValueError(f"variants need layers {missing} that were not read out (have {layers})")
-    column = {m: i for i, m in enumerate(needed)}
-    divergence = None
-    if needed:
-        rows = torch.tensor([layers.index(m) for m in needed])
-        _, divergence = select_contrast_layer(log_final, log_q.index_select(0, rows))  # [N, K]
+    outcome = _block_outcome(scores, layers, variants)
+    return _summarise([outcome], layers, labels_t, variants, num_classes or scores.shape[-1])
 
-    per_layer = {
-        layer: (scores[i].argmax(-1) == labels_t).float().mean().item()
-        for i, layer in enumerate(layers)
-    }
-    arange = torch.arange(log_final.shape[0])
-    results = []
-    for variant in variants:
-        if variant.kind == "baseline":
-            results.append(
-                VariantResult(
-                    variant,
-                    classification_metrics(q_final, labels_t, num_classes),
-                    q_final.argmax(-1),
-                )
-            )
-            continue
-        if variant.kind == "apc":
-            p_hat, kept = apc_only(log_final, variant.alpha)
-            chosen = None
-        else:
-            cols = torch.tensor([column[m] for m in variant.layers])
-            pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest candidate
-            chosen = torch.tensor(variant.layers)[pick]
-            contrast_rows = torch.tensor([layers.index(m) for m in variant.layers])[pick]
-            p_hat, kept = contrast(log_final, log_q[contrast_rows, arange], variant.alpha)
-        ranking = ranking_scores(p_hat, kept, q_final)
-        results.append(
-            VariantResult(
-                variant,
-                classification_metrics(ranking, labels_t, num_classes),
-                ranking.argmax(-1),
-                chosen_layers=chosen,
-                mean_kept=kept.float().sum(-1).mean().item(),
-            )
-        )
-    return results, per_layer
+
+@torch.no_grad()
+def evaluate_embeddings(
+    embeddings: LayerEmbeddingSet,
+    text_bank: torch.Tensor,
+    tau: float,
+    variants: Sequence[Variant],
+    num_classes: int | None = None,
+    max_block_elements: int = 16_000_000,
+    progress: bool = False,
+) -> tuple[list[VariantResult], dict[int, float]]:
+    """:func:`evaluate_variants` over image blocks, so that [L, N, C] never exists whole.
+
+    A block holds at most ``max_block_elements`` scores: memory stays bounded for any number
+    of images and classes (20,000+ classes included).
+    """
+    layers = list(embeddings.layers)
+    _check_layers(layers, variants)
+    labels = torch.as_tensor(np.asarray(embeddings.labels), dtype=torch.long)
+    n = len(labels)
+    block = max(1, min(n, max_block_elements // (len(layers) * text_bank.shape[0])))
+    outcomes = []
+    for start in tqdm(range(0, n, block), desc="scoring", unit="block", disable=not progress, leave=False):
+        scores = layer_scores(embeddings.embeddings[:, start : start + block], text_bank, tau)
+        outcomes.append(_block_outcome(scores, layers, variants))
+    return _summarise(outcomes, layers, labels, variants, num_classes or text_bank.shape[0])
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -589,12 +649,7 @@ def evaluate_dataset(
             progress=progress,
         )
     tau = model.tau if tau is None else float(tau)
-    scores = layer_scores(embeddings.embeddings, bank, tau)
-    results, per_layer = evaluate_variants(
-        scores,
-        embeddings.layers,
-        embeddings.labels,
-        variants,
-        num_classes=len(image_set.class_names),
+    results, per_layer = evaluate_embeddings(
+        embeddings, bank, tau, variants, len(image_set.class_names), progress=progress
     )
     return Evaluation(results, per_layer, embeddings, bank, tau)
