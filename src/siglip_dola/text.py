@@ -22,6 +22,8 @@ from siglip_dola.readout.base import TextEncoder
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "build_text_bank",
+    "encode_captions",
+    "encode_texts",
     "load_templates",
     "text_bank_key",
     "validate_class_names",
@@ -106,41 +108,80 @@ def validate_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def text_bank_key(
-    encoder: TextEncoder, class_names: Sequence[str], templates: Sequence[str]
-) -> str:
-    """Cache key: model identity, weights fingerprint, class names and templates."""
+def _cache_key(encoder: TextEncoder, kind: str, **content: Sequence[str]) -> str:
+    """Model identity, weights fingerprint and the exact texts."""
     payload = json.dumps(
         {
+            "kind": kind,
             "model": encoder.name,
             "weights": encoder.fingerprint,
-            "classes": list(class_names),
-            "templates": list(templates),
+            **{k: list(v) for k, v in content.items()},
         },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def text_bank_key(
+    encoder: TextEncoder, class_names: Sequence[str], templates: Sequence[str]
+) -> str:
+    """Cache key of a text bank: model, weights fingerprint, class names and templates."""
+    return _cache_key(encoder, "bank", classes=class_names, templates=templates)
+
+
+def _cached(path: Path | None, rows: int, compute) -> torch.Tensor:
+    if path is not None and path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.shape[0] == rows:
+            return cached
+    result = compute()
+    if not torch.isfinite(result).all():
+        raise ValueError("the text encoder produced NaN/inf embeddings")
+    if path is not None:
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return result
+
+
 @torch.no_grad()
-def _encode_classes(
+def encode_texts(
     encoder: TextEncoder,
-    class_names: Sequence[str],
-    templates: Sequence[str],
-    batch_size: int,
-    progress: bool,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    progress: bool = False,
+    desc: str = "texts",
 ) -> torch.Tensor:
-    # Batch over classes: one encoder call holds several classes' templates at once.
-    per_call = max(1, batch_size // len(templates))
+    """[T, D] float32 unit-norm embeddings of ``texts``, encoded in batches."""
     rows = []
-    chunks = range(0, len(class_names), per_call)
-    for start in tqdm(chunks, desc="text bank", unit="batch", disable=not progress, leave=False):
-        names = class_names[start : start + per_call]
-        texts = [t.replace("{c}", name) for name in names for t in templates]
-        emb = encoder.encode_text(texts).float()
-        emb = torch.nn.functional.normalize(emb, dim=-1).view(len(names), len(templates), -1)
-        rows.append(torch.nn.functional.normalize(emb.mean(1), dim=-1).cpu())
+    for start in tqdm(
+        range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress, leave=False
+    ):
+        emb = encoder.encode_text(list(texts[start : start + batch_size])).float()
+        rows.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
     return torch.cat(rows)
+
+
+def encode_captions(
+    encoder: TextEncoder,
+    captions: Sequence[str],
+    cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> torch.Tensor:
+    """[T, D] unit-norm caption embeddings (duplicates allowed), cached like text banks."""
+    if not captions:
+        raise ValueError("no captions given")
+    path = None
+    if cache_dir is not None:
+        path = (
+            Path(cache_dir) / "captions" / f"{_cache_key(encoder, 'captions', texts=captions)}.pt"
+        )
+    return _cached(
+        path,
+        len(captions),
+        lambda: encode_texts(encoder, captions, batch_size, progress, "captions"),
+    )
 
 
 def build_text_bank(
@@ -153,6 +194,7 @@ def build_text_bank(
 ) -> torch.Tensor:
     """[C, D] float32 class embeddings (unit norm), read from / written to the disk cache.
 
+    Each class embedding is the renormalised mean of its unit-norm template embeddings.
     ``cache_dir=None`` disables caching.
     """
     names = validate_class_names(class_names)
@@ -162,15 +204,13 @@ def build_text_bank(
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "text_banks" / f"{text_bank_key(encoder, names, templates)}.pt"
-        if path.is_file():
-            bank = torch.load(path, map_location="cpu", weights_only=True)
-            if bank.shape[0] == len(names):
-                return bank
-    bank = _encode_classes(encoder, names, templates, batch_size, progress)
-    if not torch.isfinite(bank).all():
-        raise ValueError(f"text encoder {encoder.name} produced NaN/inf embeddings")
-    if path is not None:
-        buffer = io.BytesIO()
-        torch.save(bank, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-    return bank
+
+    def compute() -> torch.Tensor:
+        texts = [t.replace("{c}", name) for name in names for t in templates]
+        # Batches hold whole classes' template sets where possible, for any batch size.
+        per_call = max(1, batch_size // len(templates)) * len(templates)
+        emb = encode_texts(encoder, texts, per_call, progress, "text bank")
+        emb = emb.view(len(names), len(templates), -1).mean(1)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+    return _cached(path, len(names), compute)

@@ -1,0 +1,317 @@
+"""Retrieval re-ranking with DoLa, and recall@k, in bounded memory.
+
+Image -> text: for each image the top-K captions by the baseline score form its shortlist;
+DoLa, with the shortlist as the candidate set, re-ranks it.
+
+Text -> image: for each caption the top-K images by the baseline score form its shortlist.
+Each (image, caption) pair is re-scored by the image's DoLa distribution over the caption's
+competitors: the image's own caption shortlist, with the caption put in its last slot when it
+is not already there. Images are then re-ranked by that probability (images whose APC set
+excludes the caption come after, by their baseline probability).
+
+With K = all both directions are DoLa over the full candidate set. Score matrices exist only
+in blocks of queries; top-k is taken per block.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from siglip_dola.data import ImageSet
+from siglip_dola.dola import apply_dola
+from siglip_dola.zeroshot import ranking_scores
+
+__all__ = [
+    "RetrievalResult",
+    "RetrievalSet",
+    "image_to_text",
+    "load_retrieval_set",
+    "recall_at_k",
+    "retrieval_metrics",
+    "text_to_image",
+]
+
+RECALL_KS = (1, 5, 10)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class RetrievalSet:
+    """Images with one or more captions each; ``caption_image[t]`` is caption t's image."""
+
+    name: str
+    images: ImageSet
+    captions: list[str]
+    caption_image: np.ndarray  # int64 [T]
+
+    def image_captions(self) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in range(len(self.images))]
+        for t, i in enumerate(self.caption_image.tolist()):
+            out[i].append(t)
+        return out
+
+
+def _from_pairs(name: str, pairs: list[tuple[Any, str]], keys: list[Any], items: list) -> RetrievalSet:
+    index = {key: i for i, key in enumerate(keys)}
+    captions = [caption for _, caption in pairs]
+    owner = np.asarray([index[key] for key, _ in pairs], dtype=np.int64)
+    images = ImageSet(name, (), items, np.arange(len(items), dtype=np.int64))
+    return RetrievalSet(name, images, captions, owner)
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of {{'image': ..., 'caption': ...}} objects")
+        pairs = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or "image" not in row:
+                raise ValueError(f"{path}: entry {i} needs 'image' and 'caption' (or 'captions')")
+            captions = row.get("captions", [row.get("caption")])
+            if isinstance(captions, str):
+                captions = [captions]
+            for caption in captions:
+                if not isinstance(caption, str) or not caption.strip():
+                    raise ValueError(f"{path}: entry {i} has an empty or non-string caption")
+                pairs.append((str(row["image"]), caption))
+        return pairs
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"image", "caption"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a CSV header with columns 'image' and 'caption'")
+        pairs = []
+        for line, row in enumerate(reader, start=2):
+            if not (row["caption"] or "").strip():
+                raise ValueError(f"{path}, line {line}: empty caption")
+            pairs.append((row["image"], row["caption"]))
+        return pairs
+
+
+def _bundled_photos() -> RetrievalSet:
+    """scikit-image's sample photos, captioned by the first line of their docstrings."""
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        raise ValueError("bundled:photos needs scikit-image: pip install scikit-image") from None
+    names = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
+             "immunohistochemistry", "moon", "page", "rocket", "retina", "grass", "gravel", "brick",
+             "clock", "cell", "colorwheel", "text", "horse", "logo")
+    pairs, keys, items = [], [], []
+    for name in names:
+        loader = getattr(skdata, name, None)
+        if loader is None:
+            continue
+        try:
+            image = np.asarray(loader())
+        except Exception:  # a sample that needs a download in this scikit-image version
+            continue
+        if image.dtype == bool:
+            image = image.astype(np.uint8) * 255
+        caption = (inspect.getdoc(loader) or name).splitlines()[0].strip()
+        keys.append(name)
+        items.append(image)
+        pairs.append((name, caption))
+        pairs.append((name, f"an image called {name.replace('_', ' ')}."))
+    if not items:
+        raise ValueError("scikit-image provides none of its sample photos here")
+    return _from_pairs("photos", pairs, keys, items)
+
+
+def load_retrieval_set(spec: str) -> RetrievalSet:
+    """``bundled:photos`` or a CSV (columns image,caption) / JSON list of (image, caption)
+    pairs; an image may appear in several rows (several captions). Relative image paths are
+    resolved against the file's folder."""
+    if spec == "bundled:photos":
+        return _bundled_photos()
+    path = Path(spec.split(":", 1)[1] if spec.startswith(("csv:", "json:")) else spec)
+    if not path.is_file():
+        raise ValueError(f"retrieval data {spec!r} not found: expected bundled:photos or a CSV/JSON file")
+    pairs = _read_pairs(path)
+    if not pairs:
+        raise ValueError(f"{path} lists no (image, caption) pairs")
+    keys = list(dict.fromkeys(image for image, _ in pairs))
+    items = [Path(k) if Path(k).is_absolute() else path.parent / k for k in keys]
+    return _from_pairs(path.stem, pairs, keys, items)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def recall_at_k(top: torch.Tensor, positives: Sequence[Sequence[int]], ks: Sequence[int] = RECALL_KS) -> dict[int, float]:
+    """Share of queries with any positive among their first k results (``top`` [Q, >=k])."""
+    hits = torch.zeros(top.shape[0], top.shape[1], dtype=torch.bool)
+    for q, pos in enumerate(positives):
+        if pos:
+            hits[q] = torch.isin(top[q], torch.as_tensor(list(pos)))
+    return {k: hits[:, :k].any(-1).float().mean().item() for k in ks}
+
+
+# ----------------------------------------------------------------------------- re-ranking
+
+
+@dataclass
+class RetrievalResult:
+    """Top results per query (indices, best first) for the baseline and for DoLa."""
+
+    baseline_top: torch.Tensor  # [Q, k_max]
+    dola_top: torch.Tensor  # [Q, k_max]
+    chosen_layers: torch.Tensor | None = None  # [Q] (image -> text only)
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, copy=False))
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+def _dola_kwargs(layers: Sequence[int], candidate_layers: Sequence[int] | None, static_layer: int | None,
+                 alpha: float) -> dict[str, Any]:
+    return {"layers": list(layers), "alpha": alpha, "static_layer": static_layer,
+            "candidate_layers": None if static_layer is not None else candidate_layers}
+
+
+@dataclass
+class _ImageShortlists:
+    captions: torch.Tensor  # [I, K] caption indices, by baseline score
+    scores: torch.Tensor  # [I, L, K] per-layer scores over the shortlist
+
+
+@torch.no_grad()
+def image_to_text(
+    image_layers: np.ndarray | torch.Tensor,
+    layers: Sequence[int],
+    text: torch.Tensor,
+    tau: float,
+    shortlist: int | None = 50,
+    candidate_layers: Sequence[int] | None = None,
+    static_layer: int | None = None,
+    alpha: float = 0.1,
+    k_max: int = 10,
+    max_block_elements: int = 8_000_000,
+    progress: bool = False,
+) -> tuple[RetrievalResult, _ImageShortlists]:
+    """Rank captions for every image; ``image_layers`` [L, I, D] ends with the final layer.
+
+    ``shortlist=None`` means all captions. Returns the ranking and the shortlists with their
+    per-layer scores (reused by :func:`text_to_image`).
+    """
+    image_layers = _as_tensor(image_layers)
+    n_layers, n_images, _ = image_layers.shape
+    n_text = text.shape[0]
+    k_short = n_text if shortlist is None else min(shortlist, n_text)
+    k_out = min(k_max, n_text)
+    text = _normalise(text)
+    block = max(1, min(n_images, max_block_elements // max(n_text, n_layers * k_short * 4)))
+    base_tops, dola_tops, chosen_all, short_idx, short_scores = [], [], [], [], []
+    kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
+    for start in tqdm(range(0, n_images, block), desc="image->text", unit="block", disable=not progress,
+                      leave=False):
+        z = _normalise(image_layers[:, start : start + block])  # [L, b, D]
+        baseline = z[-1] @ text.T / tau  # [b, T]
+        top = baseline.topk(max(k_short, k_out), dim=-1).indices
+        cand = top[:, :k_short]
+        per_layer = torch.einsum("lbd,bkd->lbk", z, text[cand]) / tau  # [L, b, K]
+        result = apply_dola(per_layer, **kwargs)
+        order = ranking_scores(result.p_hat, result.kept, per_layer[-1].softmax(-1)).argsort(
+            dim=-1, descending=True, stable=True
+        )
+        reranked = torch.cat([cand.gather(1, order), top[:, k_short:]], dim=1)  # rest keeps baseline order
+        base_tops.append(top[:, :k_out])
+        dola_tops.append(reranked[:, :k_out])
+        chosen_all.append(result.chosen_layers)
+        short_idx.append(cand)
+        short_scores.append(per_layer.permute(1, 0, 2))
+    result = RetrievalResult(torch.cat(base_tops), torch.cat(dola_tops), torch.cat(chosen_all))
+    return result, _ImageShortlists(torch.cat(short_idx), torch.cat(short_scores))
+
+
+@torch.no_grad()
+def text_to_image(
+    image_layers: np.ndarray | torch.Tensor,
+    layers: Sequence[int],
+    text: torch.Tensor,
+    tau: float,
+    shortlists: _ImageShortlists,
+    shortlist: int | None = 50,
+    candidate_layers: Sequence[int] | None = None,
+    static_layer: int | None = None,
+    alpha: float = 0.1,
+    k_max: int = 10,
+    max_block_elements: int = 8_000_000,
+    progress: bool = False,
+) -> RetrievalResult:
+    """Rank images for every caption (see the module docstring for the DoLa score)."""
+    image_layers = _as_tensor(image_layers)
+    n_layers, n_images, _ = image_layers.shape
+    n_text = text.shape[0]
+    k_img = n_images if shortlist is None else min(shortlist, n_images)
+    k_out = min(k_max, n_images)
+    k_cap = shortlists.captions.shape[1]
+    text = _normalise(text)
+    final = _normalise(image_layers[-1])  # [I, D]
+    per_pair = max(n_images, k_img * n_layers * k_cap * 4)
+    block = max(1, min(n_text, max_block_elements // per_pair))
+    base_tops, dola_tops = [], []
+    kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
+    for start in tqdm(range(0, n_text, block), desc="text->image", unit="block", disable=not progress,
+                      leave=False):
+        t_idx = torch.arange(start, min(start + block, n_text))
+        baseline = text[t_idx] @ final.T / tau  # [b, I]
+        top = baseline.topk(max(k_img, k_out), dim=-1).indices
+        imgs = top[:, :k_img]  # [b, Ki]
+        cand = shortlists.captions[imgs]  # [b, Ki, K]
+        scores = shortlists.scores[imgs].clone()  # [b, Ki, L, K]
+        hit = cand == t_idx[:, None, None]
+        present = hit.any(-1)
+        slot = torch.where(present, hit.float().argmax(-1), torch.full_like(present, k_cap - 1, dtype=torch.long))
+        missing = (~present).nonzero(as_tuple=True)
+        if missing[0].numel():
+            # The caption is not in this image's shortlist: put it in the last slot.
+            z = _normalise(image_layers[:, imgs[missing]])  # [L, m, D]
+            fresh = (z * text[t_idx[missing[0]]][None]).sum(-1) / tau  # [L, m]
+            scores[missing[0], missing[1], :, k_cap - 1] = fresh.T
+        b, ki = imgs.shape
+        flat = scores.reshape(b * ki, n_layers, k_cap).permute(1, 0, 2)  # [L, b*Ki, K]
+        result = apply_dola(flat, **kwargs)
+        rank = ranking_scores(result.p_hat, result.kept, flat[-1].softmax(-1))
+        pair_score = rank.gather(1, slot.reshape(-1, 1)).reshape(b, ki)
+        order = pair_score.argsort(dim=-1, descending=True, stable=True)
+        reranked = torch.cat([imgs.gather(1, order), top[:, k_img:]], dim=1)
+        base_tops.append(top[:, :k_out])
+        dola_tops.append(reranked[:, :k_out])
+    return RetrievalResult(torch.cat(base_tops), torch.cat(dola_tops))
+
+
+def retrieval_metrics(
+    i2t: RetrievalResult, t2i: RetrievalResult, dataset: RetrievalSet
+) -> dict[str, dict[str, float]]:
+    """clip_benchmark's metric names for the baseline and DoLa."""
+    captions_of = dataset.image_captions()
+    image_of = [[int(i)] for i in dataset.caption_image]
+    out: dict[str, dict[str, float]] = {}
+    for which in ("baseline", "dola"):
+        text_r = recall_at_k(getattr(i2t, f"{which}_top"), captions_of)
+        image_r = recall_at_k(getattr(t2i, f"{which}_top"), image_of)
+        out[which] = {
+            **{f"image_retrieval_recall@{k}": v for k, v in image_r.items()},
+            **{f"text_retrieval_recall@{k}": v for k, v in text_r.items()},
+        }
+    return out
