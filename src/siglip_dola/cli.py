@@ -108,6 +108,25 @@ def _add_variant_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_rerank_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("retrieval re-ranking")
+    g.add_argument(
+        "--shortlist",
+        default="50",
+        help="captions/images re-ranked per query: N or all (default 50)",
+    )
+    g.add_argument(
+        "--layers", default=None, help="dynamic candidate layers, e.g. 18,20,22 or bucket:3"
+    )
+    g.add_argument(
+        "--static-layer", type=int, default=None, help="static mode with this contrast layer"
+    )
+    g.add_argument("--alpha", type=float, default=0.1, help="APC alpha (default 0.1)")
+    g.add_argument(
+        "--profile", type=Path, default=None, help="calibration profile (mode, layers, alpha)"
+    )
+
+
 def _add_output_options(p: argparse.ArgumentParser, default_name: str) -> None:
     g = p.add_argument_group("output")
     g.add_argument(
@@ -238,12 +257,87 @@ def _summary_lines(evaluation, limit: int = 12) -> list:
 # ----------------------------------------------------------------------------- commands
 
 
+def cmd_rerank(args: argparse.Namespace) -> int:
+    from siglip_dola.calibrate import load_profile
+    from siglip_dola.io import atomic_write_json
+    from siglip_dola.retrieval import evaluate_retrieval, load_retrieval_set
+
+    _check_outputs(args, args.output)
+    dataset = load_retrieval_set(args.dataset)
+    shortlist = (
+        None if str(args.shortlist) == "all" else _positive_int(args.shortlist, "--shortlist")
+    )
+    model = _load_model(args)
+    layers, static, alpha = None, args.static_layer, _parse_floats(str(args.alpha), "--alpha")[0]
+    if args.profile:
+        profile = load_profile(args.profile)
+        if profile["mode"] in ("dynamic", "static"):
+            layers = profile["layers"] if profile["mode"] == "dynamic" else None
+            static = profile["layers"][0] if profile["mode"] == "static" else None
+            alpha = profile["alpha"]
+    elif args.layers:
+        from siglip_dola.layers import parse_layers
+
+        layers = parse_layers(args.layers, model.vision.depth)
+    results = evaluate_retrieval(
+        model,
+        dataset,
+        shortlist=shortlist,
+        candidate_layers=layers,
+        static_layer=static,
+        alpha=alpha,
+        tau=args.tau,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=_torch_dtype(args.dtype),
+        cache_dir=_cache_dir(args),
+        progress=_progress(args),
+    )
+    results["model"] = args.model
+    d = results["dola"]
+    print(
+        f"{dataset.name}: {d['num_images']} images, {d['num_captions']} captions; shortlist "
+        f"{d['shortlist']}; DoLa {d['mode']} layers {d['candidate_layers']} alpha {d['alpha']}"
+    )
+    print(f"{'metric':<32} {'baseline':>9} {'DoLa':>9}")
+    for key, value in results["metrics"].items():
+        print(f"{key:<32} {100 * value:8.2f}% {100 * d['metrics'][key]:8.2f}%")
+    _report_skips_dicts(d["skipped"]["items"])
+    if args.output:
+        atomic_write_json(args.output, results)
+        print(f"results: {args.output}")
+    return 0
+
+
+def _report_skips_dicts(items: list[dict]) -> None:
+    from siglip_dola.data import Skipped
+
+    _report_skips([Skipped(**s) for s in items])
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"{name} must be >= 1, got {value}")
+    return value
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.task == "zeroshot_retrieval":
+        if args.dataset == "bundled:fashion-mnist":
+            args.dataset = "bundled:photos"
+        return cmd_rerank(args)
+    from siglip_dola.distributed import init_from_env
     from siglip_dola.report import classification_results, format_table, plot_layers
     from siglip_dola.zeroshot import evaluate_dataset
 
     _check_outputs(args, args.output)
     image_set, templates = _load_data(args)
+    ctx = init_from_env(args.device)
     model = _load_model(args)
     variants = _variants(args, model.vision.depth)
     start = time.perf_counter()
@@ -259,27 +353,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dtype=_torch_dtype(args.dtype),
         cache_dir=_cache_dir(args),
         progress=_progress(args),
+        dist=ctx,
     )
+    if evaluation is None:  # a data-parallel worker: rank 0 reports
+        return 0
     seconds = time.perf_counter() - start
-    emb = evaluation.embeddings
     print(
         format_table(
             _summary_lines(evaluation),
-            title=f"{image_set.name}: {len(emb.labels)} images, {len(image_set.class_names)} classes, "
-            f"{len(templates)} templates, tau={evaluation.tau:.4g}",
+            title=f"{image_set.name}: {evaluation.num_images} images, "
+            f"{len(image_set.class_names)} classes, {len(templates)} templates, "
+            f"tau={evaluation.tau:.4g}, {ctx.world_size} process(es)",
         )
     )
-    _report_skips(emb.skipped)
+    _report_skips(evaluation.skipped)
     results = classification_results(
         dataset=args.dataset,
         model=args.model,
         results=evaluation.results,
         per_layer_acc1=evaluation.per_layer_acc1,
         tau=evaluation.tau,
-        num_images=len(emb.labels),
-        skipped=emb.skipped,
+        num_images=evaluation.num_images,
+        skipped=evaluation.skipped,
         templates=templates,
-        extra={"seconds": round(seconds, 3)},
+        extra={"seconds": round(seconds, 3), "processes": ctx.world_size},
     )
     if args.output:
         from siglip_dola.io import atomic_write_json
@@ -339,7 +436,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         tau=evaluation.tau,
         metric=args.metric,
         data_fingerprint=image_set.fingerprint(),
-        num_images=len(evaluation.embeddings.labels),
+        num_images=evaluation.num_images,
         templates=templates,
     )
     from siglip_dola.calibrate import rank_variants
@@ -348,11 +445,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(
         format_table(
             ranked,
-            title=f"validation ranking by {args.metric} ({len(evaluation.embeddings.labels)} images)",
+            title=f"validation ranking by {args.metric} ({evaluation.num_images} images)",
             limit=10,
         )
     )
-    _report_skips(evaluation.embeddings.skipped)
+    _report_skips(evaluation.skipped)
     save_profile(profile, args.profile)
     verdict = (
         f"selected {profile['variant']}"
@@ -513,7 +610,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         progress=_progress(args),
     )
     print(
-        f"per-layer readout top-1 accuracy on {image_set.name} ({len(evaluation.embeddings.labels)} images):"
+        f"per-layer readout top-1 accuracy on {image_set.name} ({evaluation.num_images} images):"
     )
     for layer, acc in evaluation.per_layer_acc1.items():
         print(f"  layer {layer:>2}: {100 * acc:6.2f}%  {'#' * int(round(40 * acc))}")
@@ -572,7 +669,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def evaluate_split(ids: list[int]):
         part = emb.subset([row_of[i] for i in ids if i in row_of])
-        return evaluate_embeddings(part, evaluation.text_bank, evaluation.tau, variants, len(data.class_names))
+        return evaluate_embeddings(
+            part, evaluation.text_bank, evaluation.tau, variants, len(data.class_names)
+        )
 
     val_results, _ = evaluate_split(val_ids)
     test_results, test_per_layer = evaluate_split(test_ids)
@@ -706,11 +805,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="zero-shot evaluation: baseline and every DoLa variant side by side"
     )
+    p.add_argument(
+        "--task",
+        default="zeroshot_classification",
+        choices=("zeroshot_classification", "zeroshot_retrieval"),
+    )
     _add_model_options(p)
     _add_data_options(p)
     _add_variant_options(p)
+    _add_rerank_options(p)
     _add_output_options(p, "results.json")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("rerank", help="image<->text retrieval re-ranked by DoLa, recall@1/5/10")
+    _add_model_options(p)
+    p.add_argument(
+        "--dataset",
+        default="bundled:photos",
+        help="bundled:photos or a CSV/JSON of (image, caption) pairs",
+    )
+    p.add_argument("--tau", type=float, default=None)
+    _add_rerank_options(p)
+    _add_output_options(p, "retrieval.json")
+    p.set_defaults(func=cmd_rerank)
 
     p = sub.add_parser(
         "calibrate", help="choose bucket / layer / alpha on a validation set -> profile JSON"

@@ -63,7 +63,9 @@ class RetrievalSet:
         return out
 
 
-def _from_pairs(name: str, pairs: list[tuple[Any, str]], keys: list[Any], items: list) -> RetrievalSet:
+def _from_pairs(
+    name: str, pairs: list[tuple[Any, str]], keys: list[Any], items: list
+) -> RetrievalSet:
     index = {key: i for i, key in enumerate(keys)}
     captions = [caption for _, caption in pairs]
     owner = np.asarray([index[key] for key, _ in pairs], dtype=np.int64)
@@ -76,9 +78,13 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+            raise ValueError(
+                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
         if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of {{'image': ..., 'caption': ...}} objects")
+            raise ValueError(
+                f"{path}: expected a JSON list of {{'image': ..., 'caption': ...}} objects"
+            )
         pairs = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or "image" not in row:
@@ -109,9 +115,28 @@ def _bundled_photos() -> RetrievalSet:
         from skimage import data as skdata
     except ImportError:
         raise ValueError("bundled:photos needs scikit-image: pip install scikit-image") from None
-    names = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
-             "immunohistochemistry", "moon", "page", "rocket", "retina", "grass", "gravel", "brick",
-             "clock", "cell", "colorwheel", "text", "horse", "logo")
+    names = (
+        "astronaut",
+        "camera",
+        "chelsea",
+        "coffee",
+        "coins",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "moon",
+        "page",
+        "rocket",
+        "retina",
+        "grass",
+        "gravel",
+        "brick",
+        "clock",
+        "cell",
+        "colorwheel",
+        "text",
+        "horse",
+        "logo",
+    )
     pairs, keys, items = [], [], []
     for name in names:
         loader = getattr(skdata, name, None)
@@ -141,7 +166,9 @@ def load_retrieval_set(spec: str) -> RetrievalSet:
         return _bundled_photos()
     path = Path(spec.split(":", 1)[1] if spec.startswith(("csv:", "json:")) else spec)
     if not path.is_file():
-        raise ValueError(f"retrieval data {spec!r} not found: expected bundled:photos or a CSV/JSON file")
+        raise ValueError(
+            f"retrieval data {spec!r} not found: expected bundled:photos or a CSV/JSON file"
+        )
     pairs = _read_pairs(path)
     if not pairs:
         raise ValueError(f"{path} lists no (image, caption) pairs")
@@ -153,7 +180,9 @@ def load_retrieval_set(spec: str) -> RetrievalSet:
 # ----------------------------------------------------------------------------- metrics
 
 
-def recall_at_k(top: torch.Tensor, positives: Sequence[Sequence[int]], ks: Sequence[int] = RECALL_KS) -> dict[int, float]:
+def recall_at_k(
+    top: torch.Tensor, positives: Sequence[Sequence[int]], ks: Sequence[int] = RECALL_KS
+) -> dict[int, float]:
     """Share of queries with any positive among their first k results (``top`` [Q, >=k])."""
     hits = torch.zeros(top.shape[0], top.shape[1], dtype=torch.bool)
     for q, pos in enumerate(positives):
@@ -182,10 +211,18 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
-def _dola_kwargs(layers: Sequence[int], candidate_layers: Sequence[int] | None, static_layer: int | None,
-                 alpha: float) -> dict[str, Any]:
-    return {"layers": list(layers), "alpha": alpha, "static_layer": static_layer,
-            "candidate_layers": None if static_layer is not None else candidate_layers}
+def _dola_kwargs(
+    layers: Sequence[int],
+    candidate_layers: Sequence[int] | None,
+    static_layer: int | None,
+    alpha: float,
+) -> dict[str, Any]:
+    return {
+        "layers": list(layers),
+        "alpha": alpha,
+        "static_layer": static_layer,
+        "candidate_layers": None if static_layer is not None else candidate_layers,
+    }
 
 
 @dataclass
@@ -222,8 +259,13 @@ def image_to_text(
     block = max(1, min(n_images, max_block_elements // max(n_text, n_layers * k_short * 4)))
     base_tops, dola_tops, chosen_all, short_idx, short_scores = [], [], [], [], []
     kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
-    for start in tqdm(range(0, n_images, block), desc="image->text", unit="block", disable=not progress,
-                      leave=False):
+    for start in tqdm(
+        range(0, n_images, block),
+        desc="image->text",
+        unit="block",
+        disable=not progress,
+        leave=False,
+    ):
         z = _normalise(image_layers[:, start : start + block])  # [L, b, D]
         baseline = z[-1] @ text.T / tau  # [b, T]
         top = baseline.topk(max(k_short, k_out), dim=-1).indices
@@ -233,7 +275,9 @@ def image_to_text(
         order = ranking_scores(result.p_hat, result.kept, per_layer[-1].softmax(-1)).argsort(
             dim=-1, descending=True, stable=True
         )
-        reranked = torch.cat([cand.gather(1, order), top[:, k_short:]], dim=1)  # rest keeps baseline order
+        reranked = torch.cat(
+            [cand.gather(1, order), top[:, k_short:]], dim=1
+        )  # rest keeps baseline order
         base_tops.append(top[:, :k_out])
         dola_tops.append(reranked[:, :k_out])
         chosen_all.append(result.chosen_layers)
@@ -271,8 +315,9 @@ def text_to_image(
     block = max(1, min(n_text, max_block_elements // per_pair))
     base_tops, dola_tops = [], []
     kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
-    for start in tqdm(range(0, n_text, block), desc="text->image", unit="block", disable=not progress,
-                      leave=False):
+    for start in tqdm(
+        range(0, n_text, block), desc="text->image", unit="block", disable=not progress, leave=False
+    ):
         t_idx = torch.arange(start, min(start + block, n_text))
         baseline = text[t_idx] @ final.T / tau  # [b, I]
         top = baseline.topk(max(k_img, k_out), dim=-1).indices
@@ -281,7 +326,9 @@ def text_to_image(
         scores = shortlists.scores[imgs].clone()  # [b, Ki, L, K]
         hit = cand == t_idx[:, None, None]
         present = hit.any(-1)
-        slot = torch.where(present, hit.float().argmax(-1), torch.full_like(present, k_cap - 1, dtype=torch.long))
+        slot = torch.where(
+            present, hit.float().argmax(-1), torch.full_like(present, k_cap - 1, dtype=torch.long)
+        )
         missing = (~present).nonzero(as_tuple=True)
         if missing[0].numel():
             # The caption is not in this image's shortlist: put it in the last slot.
@@ -315,3 +362,95 @@ def retrieval_metrics(
             **{f"text_retrieval_recall@{k}": v for k, v in text_r.items()},
         }
     return out
+
+
+# ----------------------------------------------------------------------------- whole data set
+
+
+def evaluate_retrieval(
+    model,
+    dataset: RetrievalSet,
+    *,
+    shortlist: int | None = 50,
+    candidate_layers: Sequence[int] | None = None,
+    static_layer: int | None = None,
+    alpha: float = 0.1,
+    tau: float | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Both directions, baseline and DoLa, as clip_benchmark-shaped metrics plus a ``dola`` block.
+
+    Candidate layers default to the last bucket's even layers (dynamic mode).
+    """
+    from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
+    from siglip_dola.text import encode_captions
+    from siglip_dola.zeroshot import extract_layer_embeddings
+
+    if model.text is None:
+        raise ValueError(f"model {model.vision.name} has no text tower: pass a text model spec")
+    depth = model.vision.depth
+    if static_layer is not None:
+        contrast_layers = validate_candidates([static_layer], depth)
+    elif candidate_layers is None:
+        contrast_layers = bucket_candidates(split_buckets(depth)[-1], depth)
+    else:
+        contrast_layers = validate_candidates(candidate_layers, depth)
+    if shortlist is not None and shortlist < 1:
+        raise ValueError(f"shortlist must be >= 1 or all, got {shortlist}")
+    text = encode_captions(model.text, dataset.captions, cache_dir=cache_dir, progress=progress)
+    emb = extract_layer_embeddings(
+        model.vision,
+        dataset.images,
+        contrast_layers,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    tau = model.tau if tau is None else float(tau)
+    # Captions of skipped images have no image left to retrieve: drop them, and say so.
+    kept_images = {int(i): row for row, i in enumerate(emb.indices)}
+    caption_rows = [t for t, i in enumerate(dataset.caption_image.tolist()) if i in kept_images]
+    sub = RetrievalSet(
+        dataset.name,
+        dataset.images.subset(emb.indices.tolist()),
+        [dataset.captions[t] for t in caption_rows],
+        np.asarray(
+            [kept_images[int(dataset.caption_image[t])] for t in caption_rows], dtype=np.int64
+        ),
+    )
+    text = text[caption_rows]
+    kwargs = {
+        "candidate_layers": None if static_layer else contrast_layers,
+        "static_layer": static_layer,
+        "alpha": alpha,
+        "progress": progress,
+    }
+    i2t, lists = image_to_text(emb.embeddings, emb.layers, text, tau, shortlist=shortlist, **kwargs)
+    t2i = text_to_image(emb.embeddings, emb.layers, text, tau, lists, shortlist=shortlist, **kwargs)
+    metrics = retrieval_metrics(i2t, t2i, sub)
+    chosen = i2t.chosen_layers.tolist()
+    return {
+        "dataset": dataset.name,
+        "task": "zeroshot_retrieval",
+        "metrics": metrics["baseline"],
+        "dola": {
+            "metrics": metrics["dola"],
+            "mode": "static" if static_layer else "dynamic",
+            "candidate_layers": list(contrast_layers),
+            "alpha": alpha,
+            "tau": tau,
+            "shortlist": "all" if shortlist is None else shortlist,
+            "num_images": len(sub.images),
+            "num_captions": len(sub.captions),
+            "chosen_layer_histogram": {str(m): chosen.count(m) for m in contrast_layers},
+            "skipped": {"count": len(emb.skipped), "items": [s.__dict__ for s in emb.skipped]},
+        },
+    }

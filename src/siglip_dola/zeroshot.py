@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageError, ImageSet, Skipped
+from siglip_dola.distributed import DistContext
 from siglip_dola.dola import apc_only, apply_dola, contrast, select_contrast_layer
 from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
 from siglip_dola.readout.base import LoadedModel, VisionReadout
@@ -70,7 +71,10 @@ class LayerEmbeddingSet:
         """The images at ``rows`` (positions in this set, not in the source ImageSet)."""
         rows = np.asarray(rows, dtype=np.int64)
         return LayerEmbeddingSet(
-            self.layers, np.asarray(self.embeddings[:, rows]), self.labels[rows], self.indices[rows],
+            self.layers,
+            np.asarray(self.embeddings[:, rows]),
+            self.labels[rows],
+            self.indices[rows],
             list(self.skipped),
         )
 
@@ -109,7 +113,11 @@ def _cache_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _load_cached(path: Path) -> LayerEmbeddingSet | None:
+def _shard_name(shard: tuple[int, int]) -> str:
+    return f"shard-{shard[0]:05d}-of-{shard[1]:05d}"
+
+
+def _load_shard(path: Path) -> LayerEmbeddingSet | None:
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         return None
@@ -121,6 +129,32 @@ def _load_cached(path: Path) -> LayerEmbeddingSet | None:
         indices=np.asarray(meta["indices"], dtype=np.int64),
         skipped=[Skipped(**s) for s in meta["skipped"]],
     )
+
+
+def concat_embedding_sets(parts: Sequence[LayerEmbeddingSet]) -> LayerEmbeddingSet:
+    """Join shards (in shard order) into one set."""
+    if len(parts) == 1:
+        return parts[0]
+    return LayerEmbeddingSet(
+        layers=parts[0].layers,
+        embeddings=np.concatenate([np.asarray(p.embeddings) for p in parts], axis=1),
+        labels=np.concatenate([p.labels for p in parts]),
+        indices=np.concatenate([p.indices for p in parts]),
+        skipped=[s for p in parts for s in p.skipped],
+    )
+
+
+def _load_cached(path: Path, shard: tuple[int, int]) -> LayerEmbeddingSet | None:
+    """This shard if cached; for a whole-set request also any complete set of shards that a
+    data-parallel run wrote."""
+    own = _load_shard(path / _shard_name(shard))
+    if own is not None or shard != (0, 1) or not path.is_dir():
+        return own
+    for world in sorted({int(p.name.rsplit("-", 1)[1]) for p in path.glob("shard-*-of-*")}):
+        parts = [_load_shard(path / _shard_name((r, world))) for r in range(world)]
+        if all(p is not None for p in parts):
+            return concat_embedding_sets(parts)
+    return None
 
 
 def _save_cached(path: Path, result: LayerEmbeddingSet) -> None:
@@ -144,6 +178,17 @@ def _save_cached(path: Path, result: LayerEmbeddingSet) -> None:
         raise
 
 
+def shard_positions(n: int, shard: tuple[int, int]) -> range:
+    """Contiguous block ``shard = (rank, world)`` of 0..n-1: concatenating the blocks in rank
+    order gives back the single-process order."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard {rank} of {world} does not exist")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
 def _model_device_dtype(
     batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
 ) -> dict:
@@ -164,11 +209,14 @@ def extract_layer_embeddings(
     dtype: torch.dtype = torch.float32,
     cache_dir: Path | str | None = None,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> LayerEmbeddingSet:
     """Read ``layers`` (plus N) out for every image: one backbone forward per batch.
 
     Unusable images are skipped and listed. With ``cache_dir`` the result is stored as a
-    memory-mapped ``.npy`` keyed by model, weights, data and layers, and reused.
+    memory-mapped ``.npy`` keyed by model, weights, data and layers, and reused. ``shard =
+    (rank, world)`` processes one contiguous block of the images (data-parallel runs); each
+    shard is cached on its own and a later whole-set run reads a complete set of shards.
     """
     requested = tuple(layers)
     contrast_layers = set(validate_candidates(requested, vision.depth)) if requested else set()
@@ -176,9 +224,12 @@ def extract_layer_embeddings(
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / "embeddings" / _cache_key(vision, image_set, wanted, dtype)
-        cached = _load_cached(cache_path)
+        cached = _load_cached(cache_path, shard)
         if cached is not None:
             return cached
+    positions = shard_positions(len(image_set), shard)
+    full_set = image_set
+    image_set = image_set.subset(positions)
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
         _ImageDataset(image_set),
@@ -188,13 +239,13 @@ def extract_layer_embeddings(
     )
     chunks: list[np.ndarray] = []
     kept: list[int] = []
-    skipped = list(image_set.skipped)
+    skipped = list(full_set.skipped) if shard[0] == 0 else []  # listing problems: report once
     bar = tqdm(total=len(image_set), desc="images", unit="img", disable=not progress)
     for items in loader:
         images, positions = [], []
         for index, item in items:
             if isinstance(item, str):
-                skipped.append(Skipped(image_set.source(index), item))
+                skipped.append(Skipped(full_set.source(positions.start + index), item))
             else:
                 images.append(item)
                 positions.append(index)
@@ -204,25 +255,28 @@ def extract_layer_embeddings(
             chunks.append(out.embeddings.float().cpu().numpy())
             kept.extend(positions)
         bar.update(len(items))
-        bar.set_postfix(skipped=len(skipped) - len(image_set.skipped))
+        bar.set_postfix(skipped=len(skipped))
     bar.close()
-    if not kept:
+    if not kept and shard == (0, 1):
         raise ValueError(
             f"no usable image in {image_set.name}: all {len(image_set)} were skipped "
             f"(first reason: {skipped[0].reason if skipped else 'empty data set'})"
         )
-    indices = np.asarray(kept, dtype=np.int64)
+    local = np.asarray(kept, dtype=np.int64)
+    dim = vision.embed_dim
     result = LayerEmbeddingSet(
         layers=wanted,
-        embeddings=np.concatenate(chunks, axis=1),
-        labels=image_set.labels[indices],
-        indices=indices,
+        embeddings=np.concatenate(chunks, axis=1)
+        if chunks
+        else np.zeros((len(wanted), 0, dim), np.float32),
+        labels=image_set.labels[local],
+        indices=local + positions.start,
         skipped=skipped,
     )
     if not np.isfinite(result.embeddings).all():
         raise ValueError(f"model {vision.name} produced NaN/inf image embeddings")
     if cache_path is not None:
-        _save_cached(cache_path, result)
+        _save_cached(cache_path / _shard_name(shard), result)
     return result
 
 
@@ -379,7 +433,9 @@ class _BlockOutcome:
     layer_top1: torch.Tensor  # [L, b]
 
 
-def _block_outcome(scores: torch.Tensor, layers: list[int], variants: Sequence[Variant]) -> _BlockOutcome:
+def _block_outcome(
+    scores: torch.Tensor, layers: list[int], variants: Sequence[Variant]
+) -> _BlockOutcome:
     """Every variant on one block of per-layer scores [L, b, C].
 
     Log-distributions and the JSD of every contrast layer are computed once and shared.
@@ -423,20 +479,32 @@ def _check_layers(layers: list[int], variants: Sequence[Variant]) -> None:
 
 
 def _summarise(
-    outcomes: list[_BlockOutcome], layers: list[int], labels: torch.Tensor, variants: Sequence[Variant],
+    outcomes: list[_BlockOutcome],
+    layers: list[int],
+    labels: torch.Tensor,
+    variants: Sequence[Variant],
     num_classes: int,
 ) -> tuple[list[VariantResult], dict[int, float]]:
     layer_top1 = torch.cat([o.layer_top1 for o in outcomes], dim=1)
-    per_layer = {layer: (layer_top1[i] == labels).float().mean().item() for i, layer in enumerate(layers)}
+    per_layer = {
+        layer: (layer_top1[i] == labels).float().mean().item() for i, layer in enumerate(layers)
+    }
     results = []
     for v, variant in enumerate(variants):
         top = torch.cat([o.top[v] for o in outcomes])
-        chosen = None if outcomes[0].chosen[v] is None else torch.cat([o.chosen[v] for o in outcomes])
+        chosen = (
+            None if outcomes[0].chosen[v] is None else torch.cat([o.chosen[v] for o in outcomes])
+        )
         kept = None if outcomes[0].kept[v] is None else torch.cat([o.kept[v] for o in outcomes])
-        results.append(VariantResult(
-            variant, classification_metrics(top, labels, num_classes), top[:, 0], chosen_layers=chosen,
-            mean_kept=None if kept is None else kept.float().mean().item(),
-        ))
+        results.append(
+            VariantResult(
+                variant,
+                classification_metrics(top, labels, num_classes),
+                top[:, 0],
+                chosen_layers=chosen,
+                mean_kept=None if kept is None else kept.float().mean().item(),
+            )
+        )
     return results, per_layer
 
 
@@ -459,6 +527,26 @@ def evaluate_variants(
     return _summarise([outcome], layers, labels_t, variants, num_classes or scores.shape[-1])
 
 
+def _embedding_outcomes(
+    embeddings: LayerEmbeddingSet,
+    text_bank: torch.Tensor,
+    tau: float,
+    variants: Sequence[Variant],
+    max_block_elements: int,
+    progress: bool,
+) -> list[_BlockOutcome]:
+    layers = list(embeddings.layers)
+    n = len(embeddings.labels)
+    block = max(1, min(max(n, 1), max_block_elements // (len(layers) * text_bank.shape[0])))
+    outcomes = []
+    for start in tqdm(
+        range(0, n, block), desc="scoring", unit="block", disable=not progress, leave=False
+    ):
+        scores = layer_scores(embeddings.embeddings[:, start : start + block], text_bank, tau)
+        outcomes.append(_block_outcome(scores, layers, variants))
+    return outcomes
+
+
 @torch.no_grad()
 def evaluate_embeddings(
     embeddings: LayerEmbeddingSet,
@@ -477,12 +565,9 @@ def evaluate_embeddings(
     layers = list(embeddings.layers)
     _check_layers(layers, variants)
     labels = torch.as_tensor(np.asarray(embeddings.labels), dtype=torch.long)
-    n = len(labels)
-    block = max(1, min(n, max_block_elements // (len(layers) * text_bank.shape[0])))
-    outcomes = []
-    for start in tqdm(range(0, n, block), desc="scoring", unit="block", disable=not progress, leave=False):
-        scores = layer_scores(embeddings.embeddings[:, start : start + block], text_bank, tau)
-        outcomes.append(_block_outcome(scores, layers, variants))
+    outcomes = _embedding_outcomes(
+        embeddings, text_bank, tau, variants, max_block_elements, progress
+    )
     return _summarise(outcomes, layers, labels, variants, num_classes or text_bank.shape[0])
 
 
@@ -592,13 +677,16 @@ class ZeroShotClassifier:
 
 @dataclass
 class Evaluation:
-    """Everything one evaluation produced (the embeddings can be reused for more variants)."""
+    """What one evaluation produced. ``embeddings`` is this process's shard in a
+    data-parallel run (the whole set otherwise) and can be reused for more variants."""
 
     results: list[VariantResult]
     per_layer_acc1: dict[int, float]
     embeddings: LayerEmbeddingSet
     text_bank: torch.Tensor
     tau: float
+    num_images: int
+    skipped: list[Skipped]
 
     def variant(self, name: str) -> VariantResult:
         for r in self.results:
@@ -621,35 +709,49 @@ def evaluate_dataset(
     dtype: torch.dtype = torch.float32,
     cache_dir: Path | str | None = None,
     progress: bool = True,
-    embeddings: LayerEmbeddingSet | None = None,
-) -> Evaluation:
+    dist: DistContext | None = None,
+) -> Evaluation | None:
     """Text bank, one readout pass over the images, then every variant from its scores.
 
     ``readout_layers`` defaults to every layer 1..N-1 (for the per-layer accuracy curve);
-    the layers the variants need are always added. Pass ``embeddings`` to reuse a pass.
+    the layers the variants need are always added. In a data-parallel run (``dist``) each
+    process reads its block of images; rank 0 gathers the per-image outcomes and returns the
+    evaluation, the other ranks return ``None``.
     """
     if model.text is None:
         raise ValueError(f"model {model.vision.name} has no text tower: pass a text model spec")
+    ctx = dist or DistContext()
     depth = model.vision.depth
     layers = set(range(1, depth) if readout_layers is None else readout_layers)
     layers |= _contrast_layers_needed(variants)
     bank = build_text_bank(
         model.text, image_set.class_names, templates, cache_dir=cache_dir, progress=progress
     )
-    if embeddings is None or not set(layers) <= set(embeddings.layers):
-        embeddings = extract_layer_embeddings(
-            model.vision,
-            image_set,
-            sorted(layers),
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            dtype=dtype,
-            cache_dir=cache_dir,
-            progress=progress,
-        )
-    tau = model.tau if tau is None else float(tau)
-    results, per_layer = evaluate_embeddings(
-        embeddings, bank, tau, variants, len(image_set.class_names), progress=progress
+    embeddings = extract_layer_embeddings(
+        model.vision,
+        image_set,
+        sorted(layers),
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,
+        cache_dir=cache_dir,
+        progress=progress and ctx.is_main,
+        shard=ctx.shard,
     )
-    return Evaluation(results, per_layer, embeddings, bank, tau)
+    tau = model.tau if tau is None else float(tau)
+    emb_layers = list(embeddings.layers)
+    _check_layers(emb_layers, variants)
+    outcomes = _embedding_outcomes(embeddings, bank, tau, variants, 16_000_000, progress)
+    gathered = ctx.gather((outcomes, embeddings.labels, embeddings.skipped))
+    if gathered is None:
+        return None
+    all_outcomes = [o for part in gathered for o in part[0]]
+    labels = np.concatenate([part[1] for part in gathered])
+    skipped = [s for part in gathered for s in part[2]]
+    if len(labels) == 0:
+        raise ValueError(f"no usable image in {image_set.name}: all {len(image_set)} were skipped")
+    results, per_layer = _summarise(
+        all_outcomes, emb_layers, torch.as_tensor(labels), variants, len(image_set.class_names)
+    )
+    return Evaluation(results, per_layer, embeddings, bank, tau, len(labels), skipped)
