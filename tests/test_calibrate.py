@@ -18,8 +18,11 @@ from siglip_dola.zeroshot import Variant, VariantResult, default_variants, evalu
 
 
 def _result(variant: Variant, acc1: float) -> VariantResult:
-    return VariantResult(variant, {"acc1": acc1, "acc5": 1.0, "mean_per_class_recall": acc1},
-                         torch.zeros(1, dtype=torch.long))
+    return VariantResult(
+        variant,
+        {"acc1": acc1, "acc5": 1.0, "mean_per_class_recall": acc1},
+        torch.zeros(1, dtype=torch.long),
+    )
 
 
 def test_picks_best_variant_and_round_trips(tmp_path):
@@ -40,8 +43,11 @@ def test_picks_best_variant_and_round_trips(tmp_path):
 
 
 def test_no_gain_keeps_dola_off():
-    results = [_result(Variant("baseline"), 0.8), _result(Variant("static", 0.1, (3,)), 0.8),
-               _result(Variant("apc", 0.1), 0.79)]
+    results = [
+        _result(Variant("baseline"), 0.8),
+        _result(Variant("static", 0.1, (3,)), 0.8),
+        _result(Variant("apc", 0.1), 0.79),
+    ]
     profile = build_profile(results, model="m", tau=1.0, data_fingerprint="x", num_images=5)
     assert profile["mode"] == "off"
     assert variant_from_profile(profile, 24) == Variant("baseline")
@@ -50,8 +56,11 @@ def test_no_gain_keeps_dola_off():
 def test_ranking_by_other_metric_and_ties():
     a = _result(Variant("baseline"), 0.5)
     b = _result(Variant("apc", 0.1), 0.5)
-    c = VariantResult(Variant("static", 0.1, (2,)), {"acc1": 0.4, "acc5": 1.0, "mean_per_class_recall": 0.9},
-                      torch.zeros(1))
+    c = VariantResult(
+        Variant("static", 0.1, (2,)),
+        {"acc1": 0.4, "acc5": 1.0, "mean_per_class_recall": 0.9},
+        torch.zeros(1),
+    )
     assert rank_variants([a, b, c])[0] is a  # tie -> earlier (baseline) first
     assert rank_variants([a, b, c], "mean_per_class_recall")[0] is c
     with pytest.raises(ValueError, match="unknown metric"):

@@ -25,8 +25,17 @@ def _png(path, mode="RGB", size=(8, 8), value=128):
 
 @pytest.mark.parametrize(
     "mode,value",
-    [("L", 100), ("LA", (100, 255)), ("RGBA", (10, 20, 30, 255)), ("P", 3), ("I;16", 30000),
-     ("CMYK", (0, 0, 0, 0)), ("1", 1), ("I", 70000), ("F", 0.5)],
+    [
+        ("L", 100),
+        ("LA", (100, 255)),
+        ("RGBA", (10, 20, 30, 255)),
+        ("P", 3),
+        ("I;16", 30000),
+        ("CMYK", (0, 0, 0, 0)),
+        ("1", 1),
+        ("I", 70000),
+        ("F", 0.5),
+    ],
 )
 def test_every_mode_becomes_8bit_rgb(mode, value):
     image = Image.new(mode, (5, 4), value)

@@ -8,9 +8,9 @@ import torch
 
 from siglip_dola.dola import apc_only, apply_dola
 from siglip_dola.zeroshot import (
+    LayerEmbeddingSet,
     Variant,
     classification_metrics,
-    LayerEmbeddingSet,
     default_variants,
     evaluate_embeddings,
     evaluate_variants,
@@ -50,7 +50,10 @@ def test_every_variant_equals_dola_core(problem):
         else:
             static = v.layers[0] if v.kind == "static" else None
             core = apply_dola(
-                scores, layers=layers, alpha=v.alpha, static_layer=static,
+                scores,
+                layers=layers,
+                alpha=v.alpha,
+                static_layer=static,
                 candidate_layers=None if static else v.layers,
             )
             expected = ranking_scores(core.p_hat, core.kept, q_final)
@@ -122,11 +125,17 @@ def test_blocked_evaluation_equals_one_block(problem):
     whole, per_layer = evaluate_variants(layer_scores(emb, bank, 0.1), layers, labels, variants)
     emb_set = LayerEmbeddingSet(layers, emb.numpy(), labels, np.arange(len(labels)))
     # 8 layers x 7 classes x 3 images per block: 22 blocks of uneven fill
-    blocked, per_layer_b = evaluate_embeddings(emb_set, bank, 0.1, variants, max_block_elements=8 * 7 * 3)
+    blocked, per_layer_b = evaluate_embeddings(
+        emb_set, bank, 0.1, variants, max_block_elements=8 * 7 * 3
+    )
     assert per_layer == per_layer_b
     for a, b in zip(whole, blocked):
         assert a.metrics == b.metrics and torch.equal(a.predictions, b.predictions)
         assert (a.chosen_layers is None) == (b.chosen_layers is None)
         if a.chosen_layers is not None:
             assert torch.equal(a.chosen_layers, b.chosen_layers)
-        assert a.mean_kept == pytest.approx(b.mean_kept) if a.mean_kept is not None else b.mean_kept is None
+        assert (
+            a.mean_kept == pytest.approx(b.mean_kept)
+            if a.mean_kept is not None
+            else b.mean_kept is None
+        )

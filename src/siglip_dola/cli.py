@@ -609,9 +609,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         cache_dir=_cache_dir(args),
         progress=_progress(args),
     )
-    print(
-        f"per-layer readout top-1 accuracy on {image_set.name} ({evaluation.num_images} images):"
-    )
+    print(f"per-layer readout top-1 accuracy on {image_set.name} ({evaluation.num_images} images):")
     for layer, acc in evaluation.per_layer_acc1.items():
         print(f"  layer {layer:>2}: {100 * acc:6.2f}%  {'#' * int(round(40 * acc))}")
     if args.plots:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-Array = Union[torch.Tensor, np.ndarray]
+Array = torch.Tensor | np.ndarray
 
 __all__ = [
     "Array",

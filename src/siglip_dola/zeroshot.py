@@ -227,9 +227,9 @@ def extract_layer_embeddings(
         cached = _load_cached(cache_path, shard)
         if cached is not None:
             return cached
-    positions = shard_positions(len(image_set), shard)
+    block = shard_positions(len(image_set), shard)
     full_set = image_set
-    image_set = image_set.subset(positions)
+    image_set = image_set.subset(block)
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
         _ImageDataset(image_set),
@@ -245,7 +245,7 @@ def extract_layer_embeddings(
         images, positions = [], []
         for index, item in items:
             if isinstance(item, str):
-                skipped.append(Skipped(full_set.source(positions.start + index), item))
+                skipped.append(Skipped(full_set.source(block.start + index), item))
             else:
                 images.append(item)
                 positions.append(index)
@@ -270,7 +270,7 @@ def extract_layer_embeddings(
         if chunks
         else np.zeros((len(wanted), 0, dim), np.float32),
         labels=image_set.labels[local],
-        indices=local + positions.start,
+        indices=local + block.start,
         skipped=skipped,
     )
     if not np.isfinite(result.embeddings).all():
