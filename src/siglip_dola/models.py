@@ -1,0 +1,355 @@
+"""Model specs -> a loaded model: a per-layer vision readout, its text tower, its logit scale.
+
+Specs (SPEC.md section 4):
+
+* ``hf:<hub id or dir>``: transformers ``SiglipModel`` / ``Siglip2Model`` (or their vision
+  models), with the folder's image processor and tokenizer;
+* ``open_clip:<name>[:<pretrained>]``: a built-in open_clip SigLIP config with a pretrained
+  tag or a local weights file; ``open_clip:<dir>``: an open_clip folder
+  (``open_clip_config.json`` + weights + tokenizer files, open_clip's ``local-dir:``);
+  ``open_clip:<config.json>[:<weights file>]``: a local model config, registered under its
+  file name (its ``text_cfg.hf_tokenizer_name`` may name a local tokenizer folder);
+* ``timm:<name>`` (timm pretrained weights from the hub or its cache),
+  ``timm:<name>:<weights file>``, ``timm:<dir>`` (timm's ``config.json`` + weights);
+* ``janus:<dir>``: the SigLIP tower of a DeepSeek Janus / Janus-Pro checkpoint.
+
+A bare local directory is recognised by its files. Vision-only models (timm, Janus) take
+their text tower from ``text_spec``. Nothing runs pickled code: safetensors first, else
+``torch.load(weights_only=True)``; ``trust_remote_code`` is only passed on when asked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from siglip_dola.readout._common import (
+    load_state_dict_file,
+    load_weights_strict,
+    parse_dtype,
+    read_json,
+)
+from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
+
+__all__ = ["SCHEMES", "ModelSpec", "detect_scheme", "load_model", "load_towers", "parse_spec"]
+
+SCHEMES = ("hf", "open_clip", "timm", "janus")
+HF_SIGLIP_TYPES = ("siglip", "siglip2", "siglip_vision_model", "siglip2_vision_model")
+SPEC_HELP = (
+    "hf:<hub id or dir>, open_clip:<name>[:<pretrained>], open_clip:<dir or config.json>, "
+    "timm:<name>[:<weights file>], timm:<dir>, janus:<dir>, or a local model directory"
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: ``scheme:target[:weights]``."""
+
+    scheme: str
+    target: str
+    weights: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.target}" + (f":{self.weights}" if self.weights else "")
+
+
+@dataclass
+class Towers:
+    """What one spec provides (text and logit scale may be absent)."""
+
+    vision: VisionReadout | None
+    text: TextEncoder | None
+    logit_scale: float | None
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Split a spec into scheme, target and optional weights; detect bare directories."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty model spec; expected {SPEC_HELP}")
+    spec = spec.strip()
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme in SCHEMES:
+        if not rest:
+            raise ValueError(f"model spec {spec!r} names no model after '{scheme}:'")
+        if scheme in ("open_clip", "timm") and not rest.startswith(("hf-hub:", "local-dir:")):
+            target, _, weights = rest.partition(":")
+            return ModelSpec(scheme, target, weights or None)
+        return ModelSpec(scheme, rest)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelSpec(detect_scheme(path), str(path))
+    if sep and not _looks_like_path(spec):
+        raise ValueError(f"unknown model scheme {scheme!r} in {spec!r}; expected {SPEC_HELP}")
+    if _looks_like_path(spec):
+        raise ValueError(f"model path {spec} does not exist; expected {SPEC_HELP}")
+    raise ValueError(f"model spec {spec!r} has no scheme; expected {SPEC_HELP}")
+
+
+def detect_scheme(folder: Path) -> str:
+    """The scheme of a local model folder, from the files it holds."""
+    if (folder / "open_clip_config.json").is_file():
+        return "open_clip"
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    if config.get("model_type") in HF_SIGLIP_TYPES:
+        return "hf"
+    if "architecture" in config:  # timm's save_for_hf / hub layout
+        return "timm"
+    if config.get("model_type") == "multi_modality" or _janus_index(folder):
+        return "janus"  # DeepSeek's own checkpoint format
+    raise ValueError(
+        f"cannot tell what model {folder} holds: expected open_clip_config.json (open_clip), "
+        f"config.json of a SigLIP model (hf) or with 'architecture' (timm), or a DeepSeek "
+        f"Janus checkpoint; name the scheme explicitly ({SPEC_HELP})"
+    )
+
+
+def _janus_index(folder: Path) -> bool:
+    from siglip_dola.readout.janus import INDEX_FILES, JANUS_VISION_PREFIX
+
+    for name in INDEX_FILES:
+        if (folder / name).is_file():
+            weight_map = read_json(folder / name).get("weight_map", {})
+            return any(str(k).startswith(JANUS_VISION_PREFIX) for k in weight_map)
+    return False
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~", "\\")) or text.endswith(
+        (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+    ) or Path(text).expanduser().exists()
+
+
+def _existing(path_text: str, what: str) -> Path:
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise ValueError(f"{what} {path} does not exist")
+    return path
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_model(
+    spec: str,
+    text_spec: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = torch.float32,
+    trust_remote_code: bool = False,
+    head_from: str | Path | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a vision readout and a text tower from specs (see the module docstring).
+
+    ``text_spec`` replaces (or supplies) the text tower and its logit scale.
+    ``head_from``: a timm/open_clip SigLIP checkpoint whose pooling head a Janus checkpoint
+    without ``attn_pool.*`` should use. ``model_kwargs`` go to timm's ``create_model`` for
+    ``timm:`` and ``janus:`` (``janus:`` also takes ``architecture``).
+    """
+    dtype = parse_dtype(dtype)
+    vision_spec = parse_spec(spec)
+    towers = load_towers(vision_spec, trust_remote_code, head_from, model_kwargs, need_vision=True)
+    text, logit_scale = towers.text, towers.logit_scale
+    if text_spec is not None:
+        parsed = parse_spec(text_spec)
+        if parsed.scheme not in ("hf", "open_clip"):
+            raise ValueError(f"text spec {text_spec!r} has no text tower; expected hf: or open_clip:")
+        text_towers = load_towers(parsed, trust_remote_code, need_vision=False)
+        if text_towers.text is None:
+            raise ValueError(f"text spec {text_spec!r} has no text tower (a vision-only model)")
+        text, logit_scale = text_towers.text, text_towers.logit_scale
+    vision = towers.vision
+    if text is not None and text.embed_dim != vision.embed_dim:
+        raise ValueError(
+            f"embedding size mismatch: the vision model {spec!r} gives D={vision.embed_dim} but "
+            f"the text tower {text.name!r} gives D={text.embed_dim}; pair the image tower with "
+            f"the text tower of the same SigLIP model"
+        )
+    vision.to(device=device, dtype=dtype)
+    if text is not None:
+        text.text_module.to(device=device, dtype=dtype)
+    return LoadedModel(vision=vision, text=text, logit_scale=logit_scale)
+
+
+def load_towers(
+    spec: ModelSpec,
+    trust_remote_code: bool = False,
+    head_from: str | Path | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    need_vision: bool = True,
+) -> Towers:
+    """The towers one spec provides, on the CPU in the checkpoint's precision."""
+    if head_from is not None and spec.scheme != "janus":
+        raise ValueError(f"head_from only applies to janus: checkpoints, not {spec.scheme}:")
+    if model_kwargs and spec.scheme not in ("timm", "janus"):
+        raise ValueError(f"model_kwargs only apply to timm: and janus: specs, not {spec.scheme}:")
+    if spec.scheme == "hf":
+        return _load_hf(spec, trust_remote_code, need_vision)
+    if spec.scheme == "open_clip":
+        return _load_open_clip(spec, need_vision)
+    if spec.scheme == "timm":
+        return Towers(_load_timm(spec, model_kwargs or {}), None, None)
+    if spec.scheme == "janus":
+        return Towers(_load_janus(spec, head_from, model_kwargs or {}), None, None)
+    raise ValueError(f"unknown model scheme {spec.scheme!r}; expected {SPEC_HELP}")
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def _load_hf(spec: ModelSpec, trust_remote_code: bool, need_vision: bool) -> Towers:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from siglip_dola.readout.hf import HFSiglipReadout, HFSiglipText
+
+    target = spec.target
+    if _looks_like_path(target):
+        target = str(_existing(target, "hf: model directory"))
+    try:
+        config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ValueError(
+            f"hf:{spec.target} is neither a local model directory nor available from the "
+            f"Hugging Face hub (or its cache): {err}"
+        ) from None
+    if config.model_type not in HF_SIGLIP_TYPES:
+        raise ValueError(
+            f"hf:{spec.target} is a {config.model_type!r} model; expected a SigLIP model "
+            f"(model_type one of {list(HF_SIGLIP_TYPES)})"
+        )
+    model = AutoModel.from_pretrained(target, trust_remote_code=trust_remote_code).float().eval()
+    name = str(spec)
+    text = logit_scale = None
+    if hasattr(model, "get_text_features"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{name}: the model has a text tower but no tokenizer: {err}") from None
+        text = HFSiglipText(model, tokenizer, name=name)
+        logit_scale = float(model.logit_scale.detach().reshape(-1)[0])
+    if not need_vision:
+        # Only the text tower is wanted: free the image tower's memory.
+        model.vision_model = None
+        return Towers(None, text, logit_scale)
+    processor = _hf_image_processor(target, config, trust_remote_code)
+    return Towers(HFSiglipReadout(model, processor, name=name), text, logit_scale)
+
+
+def _hf_image_processor(target: str, config: Any, trust_remote_code: bool) -> Any:
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(target, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        pass
+    # No preprocessor_config.json: SigLIP's defaults (mean = std = 0.5) at the model's size.
+    vision_config = getattr(config, "vision_config", config)
+    warnings.warn(f"hf:{target} has no image processor config; using SigLIP defaults", stacklevel=3)
+    if "siglip2" in config.model_type:
+        from transformers import Siglip2ImageProcessor
+
+        return Siglip2ImageProcessor(
+            patch_size=vision_config.patch_size, max_num_patches=vision_config.num_patches
+        )
+    from transformers import SiglipImageProcessor
+
+    size = vision_config.image_size
+    return SiglipImageProcessor(size={"height": size, "width": size})
+
+
+def _load_open_clip(spec: ModelSpec, need_vision: bool) -> Towers:
+    import open_clip
+
+    from siglip_dola.readout.open_clip import OpenClipReadout, OpenClipText
+
+    name, pretrained = spec.target, spec.weights
+    if not name.startswith(("hf-hub:", "local-dir:")) and _looks_like_path(name):
+        path = _existing(name, "open_clip model")
+        if path.is_dir():
+            if pretrained:
+                raise ValueError(f"{spec}: an open_clip folder carries its weights; drop ':{pretrained}'")
+            name = f"local-dir:{path}"
+        elif path.suffix == ".json":
+            # A local model config: open_clip registers it under its file name.
+            open_clip.add_model_config(path)
+            name = path.stem
+        else:
+            raise ValueError(f"{spec}: expected an open_clip model name, folder or config .json")
+    if pretrained and _looks_like_path(pretrained):
+        pretrained = str(_existing(pretrained, "open_clip weights file"))
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    except RuntimeError as err:
+        raise ValueError(f"open_clip could not build {spec}: {err}") from None
+    model = model.float().eval()
+    if need_vision:
+        vision = OpenClipReadout(model, preprocess, name=str(spec))
+    else:
+        vision, model.visual = None, None  # only the text tower is wanted: free the image tower
+    text = OpenClipText(model, open_clip.get_tokenizer(name), name=str(spec))
+    return Towers(vision, text, float(model.logit_scale.detach().reshape(-1)[0]))
+
+
+def _load_timm(spec: ModelSpec, model_kwargs: dict[str, Any]) -> VisionReadout:
+    import timm
+
+    from siglip_dola.readout.timm_vit import TimmViTReadout
+
+    target = spec.target
+    if _looks_like_path(target):
+        path = _existing(target, "timm model")
+        if path.is_dir():
+            model = timm.create_model(f"local-dir:{path}", pretrained=True, **model_kwargs)
+        else:
+            model = _timm_from_file(path, model_kwargs)
+    elif spec.weights:
+        weights = _existing(spec.weights, "timm weights file")
+        model = _timm_model(target, model_kwargs)
+        load_weights_strict(model, load_state_dict_file(weights), str(weights))
+    else:
+        model = timm.create_model(target, pretrained=True, **model_kwargs)
+    return TimmViTReadout(model.float().eval(), name=str(spec))
+
+
+def _timm_model(architecture: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(architecture, pretrained=False, **model_kwargs)
+    except RuntimeError as err:  # timm: "Unknown model (...)"
+        raise ValueError(f"timm cannot build {architecture!r}: {err}") from None
+
+
+def _timm_from_file(path: Path, model_kwargs: dict[str, Any]) -> nn.Module:
+    # A bare weights file says nothing about the architecture: timm's config.json beside it
+    # (save_for_hf layout) must.
+    config_path = path.parent / "config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    if "architecture" not in config:
+        raise ValueError(
+            f"timm:{path} is a weights file without a timm config.json beside it; name the "
+            f"architecture as timm:<name>:{path}"
+        )
+    kwargs = {**config.get("model_args", {}), **model_kwargs}
+    if "num_classes" in config:
+        kwargs.setdefault("num_classes", config["num_classes"])
+    model = _timm_model(config["architecture"], kwargs)
+    load_weights_strict(model, load_state_dict_file(path), str(path))
+    return model
+
+
+def _load_janus(spec: ModelSpec, head_from: str | Path | None, model_kwargs: dict[str, Any]) -> VisionReadout:
+    from siglip_dola.readout.janus import DEFAULT_ARCHITECTURE, load_janus_vision
+
+    folder = _existing(spec.target, "Janus checkpoint folder")
+    kwargs = dict(model_kwargs)
+    architecture = kwargs.pop("architecture", DEFAULT_ARCHITECTURE)
+    return load_janus_vision(folder, head_from=head_from, architecture=architecture,
+                             name=str(spec), **kwargs)

@@ -1,0 +1,160 @@
+"""Janus / Janus-Pro checkpoint folders: sharded files, index json, only the vision tower."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _tiny_models import (
+    DEPTH,
+    HEADS,
+    IMAGE,
+    capture_outputs,
+    count_calls,
+    random_images,
+    save_janus_checkpoint,
+    tiny_timm_vit,
+)
+from PIL import Image
+from safetensors.torch import save_file
+
+from siglip_dola.models import load_model
+from siglip_dola.readout.janus import JanusImageTransform, read_janus_vision_weights
+
+ATOL = 1e-5
+ARCH = "vit_large_patch16_siglip_384"  # the shape Janus uses; made tiny by the tensors
+KWARGS = {"num_heads": HEADS}  # the one size the tensors cannot tell
+
+
+@pytest.fixture(scope="module")
+def tower():
+    return tiny_timm_vit(ARCH)
+
+
+@pytest.fixture(scope="module", params=["safetensors", "bin"])
+def folder(request, tower, tmp_path_factory):
+    return save_janus_checkpoint(tmp_path_factory.mktemp(f"janus_{request.param}"), tower, request.param)
+
+
+@pytest.fixture(scope="module")
+def loaded(folder):
+    return load_model(f"janus:{folder}", model_kwargs=KWARGS)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return torch.randn(3, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
+
+
+def test_final_layer_equals_tower_embedding(tower, loaded, pixels):
+    with torch.no_grad():
+        own = tower(pixels)
+    result = loaded.vision.forward_layers({"pixel_values": pixels}, [2])
+    torch.testing.assert_close(result.final, own, atol=ATOL, rtol=0)
+    assert loaded.vision.depth == DEPTH
+    assert loaded.text is None
+
+
+def test_every_layer_equals_head_of_norm_of_block_output(tower, loaded, pixels):
+    with capture_outputs(list(tower.blocks)) as hidden, torch.no_grad():
+        tower(pixels)
+        expected = [tower.forward_head(tower.norm(h), pre_logits=True) for h in hidden]
+    result = loaded.vision.forward_layers({"pixel_values": pixels}, range(1, DEPTH + 1))
+    for layer, want in enumerate(expected, start=1):
+        torch.testing.assert_close(result.layer(layer), want, atol=ATOL, rtol=0)
+    assert (result.layer(1) - result.layer(DEPTH)).abs().max() > 1e-2
+
+
+def test_each_block_runs_once_per_batch(loaded, pixels):
+    model = loaded.vision.model
+    with count_calls([*model.blocks, model.attn_pool]) as counts:
+        loaded.vision.forward_layers({"pixel_values": pixels}, [1, 3])
+    assert counts == [1] * (DEPTH + 1)
+
+
+def test_only_vision_tensors_are_read(folder):
+    weights = read_janus_vision_weights(folder)
+    assert weights and all(not k.startswith(("language_model", "aligner", "gen_")) for k in weights)
+    assert "attn_pool.latent" in weights and "blocks.0.attn.qkv.weight" in weights
+
+
+def test_shards_without_vision_keys_are_never_opened(tower, tmp_path, pixels):
+    folder = save_janus_checkpoint(tmp_path, tower)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    # A language-model shard that cannot even be parsed: opening it would fail.
+    (folder / "model-00003-of-00003.safetensors").write_bytes(b"not a checkpoint")
+    index["weight_map"]["language_model.model.layers.0.mlp.up_proj.weight"] = "model-00003-of-00003.safetensors"
+    index_path.write_text(json.dumps(index))
+    loaded = load_model(f"janus:{folder}", model_kwargs=KWARGS)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.vision.image_embedding({"pixel_values": pixels}), tower(pixels),
+                                   atol=ATOL, rtol=0)
+
+
+def test_missing_keys_are_named(tower, tmp_path):
+    folder = save_janus_checkpoint(tmp_path, tower, drop=["blocks.1.mlp.fc2"])
+    with pytest.raises(ValueError, match=r"missing keys \[blocks\.1\.mlp\.fc2\.bias, blocks\.1\.mlp\.fc2\.weight\]"):
+        load_model(f"janus:{folder}", model_kwargs=KWARGS)
+
+
+def test_missing_pooling_head_says_how_to_supply_one(tower, tmp_path):
+    folder = save_janus_checkpoint(tmp_path, tower, drop=["attn_pool."])
+    with pytest.raises(ValueError, match=r"no SigLIP pooling head.*attn_pool.*head_from.*--head-from"):
+        load_model(f"janus:{folder}", model_kwargs=KWARGS)
+
+
+@pytest.mark.parametrize("prefix", ["", "visual.trunk."], ids=["timm", "open_clip"])
+def test_head_from_a_siglip_checkpoint(tower, tmp_path, pixels, prefix):
+    folder = save_janus_checkpoint(tmp_path / "janus", tower, drop=["attn_pool."])
+    head_file = tmp_path / "siglip.safetensors"
+    save_file({prefix + k: v for k, v in tower.state_dict().items()}, str(head_file))
+    loaded = load_model(f"janus:{folder}", head_from=head_file, model_kwargs=KWARGS)
+    with torch.no_grad():
+        own = tower(pixels)
+    torch.testing.assert_close(loaded.vision.forward_layers({"pixel_values": pixels}, [1]).final, own,
+                               atol=ATOL, rtol=0)
+
+
+def test_head_from_without_a_head(tower, tmp_path):
+    folder = save_janus_checkpoint(tmp_path / "janus", tower, drop=["attn_pool."])
+    headless = tmp_path / "headless.safetensors"
+    save_file({"norm.weight": torch.ones(3)}, str(headless))
+    with pytest.raises(ValueError, match="holds no SigLIP pooling head"):
+        load_model(f"janus:{folder}", head_from=headless, model_kwargs=KWARGS)
+
+
+def test_folder_without_vision_tower(tmp_path):
+    save_file({"language_model.lm_head.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="no vision_model.vision_tower"):
+        load_model(f"janus:{tmp_path}")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(f"janus:{tmp_path / 'nowhere'}")
+
+
+def test_detected_as_janus(folder):
+    loaded = load_model(str(folder), model_kwargs=KWARGS)
+    assert loaded.vision.name.startswith("janus:")
+
+
+def test_janus_preprocessing_pads_to_square_with_the_mean_colour(loaded):
+    wide = Image.fromarray(np.full((10, 40, 3), 250, dtype=np.uint8))
+    pixels = loaded.vision.preprocess([wide, *random_images(2)])["pixel_values"]
+    assert pixels.shape == (3, 3, IMAGE, IMAGE)
+    background = (127 / 255 - 0.5) / 0.5
+    torch.testing.assert_close(pixels[0, :, 0, :], torch.full((3, IMAGE), background))
+    assert pixels[0, :, IMAGE // 2, IMAGE // 2].min() > 0.9  # the image itself, centred
+
+
+def test_transform_reads_preprocessor_config(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_size": 48, "image_mean": [0.2, 0.4, 0.6], "image_std": [0.5, 0.5, 0.5]})
+    )
+    transform = JanusImageTransform.from_folder(tmp_path)
+    assert transform.image_size == 48 and transform.background == (51, 102, 153)
+    assert transform(random_images(1)[0]).shape == (3, 48, 48)
