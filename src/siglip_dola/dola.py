@@ -238,14 +238,34 @@ def apc_only(log_q_final: Array, alpha: float = 0.1) -> tuple[Array, Array]:
     return _back(_masked_softmax(lf, keep), to_numpy), _back(keep, to_numpy)
 
 
+def _rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b, -1) for [..., C] tensors of one shape, without the [..., C] temporary."""
+    lead, c = a.shape[:-1], a.shape[-1]
+    return torch.bmm(a.reshape(-1, 1, c), b.reshape(-1, c, 1)).view(lead)
+
+
+def _jsd_from_log_distributions(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """JSD between normalised log-distributions log_p [B, C] and log_q [K, B, C] -> [K, B].
+
+    The hot path of dynamic selection: memory passes over [K, B, C] are what costs, so the
+    mixture is kept unhalved (2m = p + q, whose entries sum to 2) and reductions are dots.
+    """
+    p = log_p.exp()
+    q = log_q.exp()
+    two_m = q + p
+    # Entries of 2m below the smallest normal number carry no mass; clamping keeps log finite.
+    log_two_m = two_m.clamp_min_(torch.finfo(two_m.dtype).tiny).log()
+    # sum m log m = 1/2 sum 2m log 2m - ln 2, since sum 2m = 2.
+    mix = 0.5 * _rowwise_dot(two_m, log_two_m) - math.log(2.0)
+    value = 0.5 * (_rowwise_dot(p, log_p) + _rowwise_dot(q, log_q)) - mix
+    return value.clamp(0.0, math.log(2.0))
+
+
 def _select(
     log_q_final: torch.Tensor, log_q_candidates: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row argmax-JSD candidate: returns (index [B] into K, JSD [B, K])."""
-    p_final = log_q_final.exp().unsqueeze(0)
-    p_cand = log_q_candidates.exp()  # [K, B, C]
-    divergence = _jsd_from_probs(p_final, p_cand, log_q_final.unsqueeze(0), log_q_candidates)
-    divergence = divergence.transpose(0, 1)  # [B, K]
+    divergence = _jsd_from_log_distributions(log_q_final, log_q_candidates).transpose(0, 1)
     # torch.argmax returns the first maximal index: ties go to the earliest candidate.
     return divergence.argmax(dim=-1), divergence
 
@@ -380,16 +400,13 @@ def apply_dola(
 
     log_q = torch.log_softmax(stacked, dim=-1)
     log_final = log_q[numbers.index(final)]
-    rows = torch.tensor([numbers.index(c) for c in candidates], device=log_q.device)
-    log_cand = log_q.index_select(0, rows)
-    candidate_numbers = torch.tensor(candidates, device=log_q.device)
-    if static_layer is not None:
-        index = torch.zeros(log_final.shape[0], dtype=torch.long, device=log_q.device)
-        divergence = _jsd_from_probs(
-            log_final.exp(), log_cand[0].exp(), log_final, log_cand[0]
-        ).unsqueeze(-1)
+    rows = [numbers.index(c) for c in candidates]
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        log_cand = log_q[rows[0] : rows[0] + len(rows)]  # a view: no copy of [K, B, C]
     else:
-        index, divergence = _select(log_final, log_cand)
+        log_cand = log_q.index_select(0, torch.tensor(rows, device=log_q.device))
+    candidate_numbers = torch.tensor(candidates, device=log_q.device)
+    index, divergence = _select(log_final, log_cand)
     log_contrast = log_cand[index, torch.arange(log_final.shape[0], device=log_q.device)]
     keep = _apc_mask_log(log_final, alpha)
     p_hat = _masked_softmax(log_final - log_contrast, keep)
