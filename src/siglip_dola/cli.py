@@ -61,6 +61,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-cache", action="store_true", help="neither read nor write caches")
     g.add_argument(
+        "--head-from",
+        default=None,
+        help="take the SigLIP pooling head (attn_pool) from this timm/open_clip checkpoint, for "
+        "janus: checkpoints that lack one",
+    )
+    g.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow transformers models that ship their own code (off by default)",
@@ -180,6 +186,7 @@ def _load_model(args: argparse.Namespace):
         device=args.device,
         dtype=_torch_dtype(args.dtype),
         trust_remote_code=args.trust_remote_code,
+        head_from=getattr(args, "head_from", None),
     )
 
 

@@ -242,7 +242,7 @@ def image_to_text(
     static_layer: int | None = None,
     alpha: float = 0.1,
     k_max: int = 10,
-    max_block_elements: int = 8_000_000,
+    max_block_elements: int = 4_000_000,
     progress: bool = False,
 ) -> tuple[RetrievalResult, _ImageShortlists]:
     """Rank captions for every image; ``image_layers`` [L, I, D] ends with the final layer.
@@ -267,7 +267,7 @@ def image_to_text(
         leave=False,
     ):
         z = _normalise(image_layers[:, start : start + block])  # [L, b, D]
-        baseline = z[-1] @ text.T / tau  # [b, T]
+        baseline = (z[-1] @ text.T).div_(tau)  # [b, T]
         top = baseline.topk(max(k_short, k_out), dim=-1).indices
         cand = top[:, :k_short]
         per_layer = torch.einsum("lbd,bkd->lbk", z, text[cand]) / tau  # [L, b, K]
@@ -299,7 +299,7 @@ def text_to_image(
     static_layer: int | None = None,
     alpha: float = 0.1,
     k_max: int = 10,
-    max_block_elements: int = 8_000_000,
+    max_block_elements: int = 4_000_000,
     progress: bool = False,
 ) -> RetrievalResult:
     """Rank images for every caption (see the module docstring for the DoLa score)."""
@@ -319,7 +319,7 @@ def text_to_image(
         range(0, n_text, block), desc="text->image", unit="block", disable=not progress, leave=False
     ):
         t_idx = torch.arange(start, min(start + block, n_text))
-        baseline = text[t_idx] @ final.T / tau  # [b, I]
+        baseline = (text[t_idx] @ final.T).div_(tau)  # [b, I]
         top = baseline.topk(max(k_img, k_out), dim=-1).indices
         imgs = top[:, :k_img]  # [b, Ki]
         cand = shortlists.captions[imgs]  # [b, Ki, K]
