@@ -211,6 +211,10 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
+def _inverse_norms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x.float(), dim=-1).clamp_min(1e-12).reciprocal()
+
+
 def _dola_kwargs(
     layers: Sequence[int],
     candidate_layers: Sequence[int] | None,
@@ -228,7 +232,7 @@ def _dola_kwargs(
 @dataclass
 class _ImageShortlists:
     captions: torch.Tensor  # [I, K] caption indices, by baseline score
-    scores: torch.Tensor  # [I, L, K] per-layer scores over the shortlist
+    scores: torch.Tensor  # [L, I, K] per-layer scores over the shortlist
 
 
 @torch.no_grad()
@@ -255,7 +259,8 @@ def image_to_text(
     n_text = text.shape[0]
     k_short = n_text if shortlist is None else min(shortlist, n_text)
     k_out = min(k_max, n_text)
-    text = _normalise(text)
+    # Scale by inverse text norms instead of normalising a copy of a possibly huge caption bank.
+    text_scale = _inverse_norms(text) / tau
     block = max(1, min(n_images, max_block_elements // max(n_text, n_layers * k_short * 4)))
     base_tops, dola_tops, chosen_all, short_idx, short_scores = [], [], [], [], []
     kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
@@ -267,10 +272,10 @@ def image_to_text(
         leave=False,
     ):
         z = _normalise(image_layers[:, start : start + block])  # [L, b, D]
-        baseline = (z[-1] @ text.T).div_(tau)  # [b, T]
+        baseline = (z[-1] @ text.T).mul_(text_scale)  # [b, T]
         top = baseline.topk(max(k_short, k_out), dim=-1).indices
         cand = top[:, :k_short]
-        per_layer = torch.einsum("lbd,bkd->lbk", z, text[cand]) / tau  # [L, b, K]
+        per_layer = torch.einsum("lbd,bkd->lbk", z, text[cand]).mul_(text_scale[cand])  # [L, b, K]
         result = apply_dola(per_layer, **kwargs)
         order = ranking_scores(result.p_hat, result.kept, per_layer[-1].softmax(-1)).argsort(
             dim=-1, descending=True, stable=True
@@ -282,9 +287,9 @@ def image_to_text(
         dola_tops.append(reranked[:, :k_out])
         chosen_all.append(result.chosen_layers)
         short_idx.append(cand)
-        short_scores.append(per_layer.permute(1, 0, 2))
+        short_scores.append(per_layer)
     result = RetrievalResult(torch.cat(base_tops), torch.cat(dola_tops), torch.cat(chosen_all))
-    return result, _ImageShortlists(torch.cat(short_idx), torch.cat(short_scores))
+    return result, _ImageShortlists(torch.cat(short_idx), torch.cat(short_scores, dim=1))
 
 
 @torch.no_grad()
@@ -309,7 +314,7 @@ def text_to_image(
     k_img = n_images if shortlist is None else min(shortlist, n_images)
     k_out = min(k_max, n_images)
     k_cap = shortlists.captions.shape[1]
-    text = _normalise(text)
+    text_scale = _inverse_norms(text) / tau
     final = _normalise(image_layers[-1])  # [I, D]
     per_pair = max(n_images, k_img * n_layers * k_cap * 4)
     block = max(1, min(n_text, max_block_elements // per_pair))
@@ -319,11 +324,12 @@ def text_to_image(
         range(0, n_text, block), desc="text->image", unit="block", disable=not progress, leave=False
     ):
         t_idx = torch.arange(start, min(start + block, n_text))
-        baseline = (text[t_idx] @ final.T).div_(tau)  # [b, I]
+        baseline = (text[t_idx] @ final.T).mul_(text_scale[t_idx, None])  # [b, I]
         top = baseline.topk(max(k_img, k_out), dim=-1).indices
         imgs = top[:, :k_img]  # [b, Ki]
+        b, ki = imgs.shape
         cand = shortlists.captions[imgs]  # [b, Ki, K]
-        scores = shortlists.scores[imgs].clone()  # [b, Ki, L, K]
+        scores = shortlists.scores[:, imgs.reshape(-1)]  # [L, b*Ki, K], a copy
         hit = cand == t_idx[:, None, None]
         present = hit.any(-1)
         slot = torch.where(
@@ -333,12 +339,11 @@ def text_to_image(
         if missing[0].numel():
             # The caption is not in this image's shortlist: put it in the last slot.
             z = _normalise(image_layers[:, imgs[missing]])  # [L, m, D]
-            fresh = (z * text[t_idx[missing[0]]][None]).sum(-1) / tau  # [L, m]
-            scores[missing[0], missing[1], :, k_cap - 1] = fresh.T
-        b, ki = imgs.shape
-        flat = scores.reshape(b * ki, n_layers, k_cap).permute(1, 0, 2)  # [L, b*Ki, K]
-        result = apply_dola(flat, **kwargs)
-        rank = ranking_scores(result.p_hat, result.kept, flat[-1].softmax(-1))
+            captions = t_idx[missing[0]]
+            fresh = (z * text[captions][None]).sum(-1) * text_scale[captions]  # [L, m]
+            scores[:, missing[0] * ki + missing[1], k_cap - 1] = fresh
+        result = apply_dola(scores, **kwargs)
+        rank = ranking_scores(result.p_hat, result.kept, scores[-1].softmax(-1))
         pair_score = rank.gather(1, slot.reshape(-1, 1)).reshape(b, ki)
         order = pair_score.argsort(dim=-1, descending=True, stable=True)
         reranked = torch.cat([imgs.gather(1, order), top[:, k_img:]], dim=1)
