@@ -93,3 +93,53 @@ def test_bad_profiles(tmp_path):
     profile = {"format": "siglip-dola-profile/1", "mode": "static", "layers": [30], "alpha": 0.1}
     with pytest.raises(ValueError, match=r"valid contrast range 1\.\.23"):
         variant_from_profile(profile, 24)
+
+
+def test_mcnemar_exact_values():
+    from siglip_dola.calibrate import mcnemar_p_value
+
+    variant = [True] * 10 + [False] * 2 + [True] * 50
+    baseline = [False] * 10 + [True] * 2 + [True] * 50
+    assert mcnemar_p_value(variant, baseline) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert mcnemar_p_value([True, False], [True, False]) == 1.0
+    assert mcnemar_p_value([True] * 3, [False] * 3) == pytest.approx(0.25)
+
+
+def test_insignificant_gain_keeps_dola_off():
+    labels = torch.zeros(100, dtype=torch.long)
+    base_pred = torch.zeros(100, dtype=torch.long)
+    base_pred[:20] = 1  # baseline: 80 correct
+    var_pred = base_pred.clone()
+    var_pred[:2] = 0  # variant fixes two images: 82 correct, 2 discordant pairs
+    results = [
+        VariantResult(
+            Variant("baseline"),
+            {"acc1": 0.80, "acc5": 1.0, "mean_per_class_recall": 0.8},
+            base_pred,
+        ),
+        VariantResult(
+            Variant("static", 0.1, (5,)),
+            {"acc1": 0.82, "acc5": 1.0, "mean_per_class_recall": 0.82},
+            var_pred,
+        ),
+    ]
+    off = build_profile(
+        results, model="m", tau=1.0, data_fingerprint="x", num_images=100, labels=labels
+    )
+    assert off["mode"] == "off" and off["validation"]["mcnemar_p_value"] == pytest.approx(0.5)
+    assert off["validation"]["best"]["variant"] == "static L5 a=0.1"
+    on = build_profile(
+        results,
+        model="m",
+        tau=1.0,
+        data_fingerprint="x",
+        num_images=100,
+        labels=labels,
+        significance=1.0,
+    )
+    assert on["mode"] == "static"
+    var_pred[2:20] = 0  # now 20 gains, 0 losses: p = 2 / 2**20
+    sig = build_profile(
+        results, model="m", tau=1.0, data_fingerprint="x", num_images=100, labels=labels
+    )
+    assert sig["mode"] == "static" and sig["validation"]["mcnemar_p_value"] < 1e-5

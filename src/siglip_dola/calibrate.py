@@ -7,6 +7,7 @@ the profile records that and its mode is ``off`` (DoLa stays off when it is load
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +38,23 @@ def rank_variants(results: Sequence[VariantResult], metric: str = "acc1") -> lis
     return sorted(results, key=lambda r: (-r.metrics[metric], order[id(r)]))
 
 
+def mcnemar_p_value(variant_correct: Sequence[bool], baseline_correct: Sequence[bool]) -> float:
+    """Two-sided exact McNemar test: is the variant's per-image correctness different from the
+    baseline's on the same images? (binomial test on the discordant pairs)."""
+    gains = sum(1 for v, b in zip(variant_correct, baseline_correct) if v and not b)
+    losses = sum(1 for v, b in zip(variant_correct, baseline_correct) if b and not v)
+    n = gains + losses
+    if n == 0:
+        return 1.0
+    k = min(gains, losses)
+    log_half_n = n * math.log(0.5)
+    tail = sum(
+        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n)
+        for i in range(k + 1)
+    )
+    return min(1.0, 2.0 * tail)
+
+
 def build_profile(
     results: Sequence[VariantResult],
     *,
@@ -45,21 +63,38 @@ def build_profile(
     metric: str = "acc1",
     data_fingerprint: str,
     num_images: int,
+    labels: Sequence[int] | None = None,
+    significance: float = 0.05,
     templates: Sequence[str] | None = None,
     top: int = 10,
 ) -> dict[str, Any]:
-    """Profile of the best variant on the validation results (``off`` if none beats baseline)."""
+    """Profile of the best variant on the validation results.
+
+    DoLa is switched on only when the best variant beats the baseline on ``metric`` and, given
+    ``labels``, its top-1 decisions differ from the baseline's significantly (exact McNemar
+    test, p < ``significance``; 1.0 disables the test). Otherwise the mode is ``off``.
+    """
+    if not 0.0 < significance <= 1.0:
+        raise ValueError(f"significance must be in (0, 1], got {significance}")
     ranked = rank_variants(results, metric)
     baseline = next((r for r in results if r.variant.kind == "baseline"), None)
     if baseline is None:
         raise ValueError("calibration needs the baseline among the variants")
     best = ranked[0]
-    improves = best.variant.kind != "baseline" and best.metrics[metric] > baseline.metrics[metric]
-    chosen = best.variant if improves else Variant("baseline")
+    beats = best.variant.kind != "baseline" and best.metrics[metric] > baseline.metrics[metric]
+    p_value = None
+    if beats and labels is not None:
+        truth = [int(x) for x in labels]
+        p_value = mcnemar_p_value(
+            [int(p) == t for p, t in zip(best.predictions.tolist(), truth)],
+            [int(p) == t for p, t in zip(baseline.predictions.tolist(), truth)],
+        )
+    significant = beats and (p_value is None or significance >= 1.0 or p_value < significance)
+    chosen = best.variant if significant else Variant("baseline")
     return {
         "format": PROFILE_FORMAT,
         "model": model,
-        "mode": "off" if not improves else chosen.kind,
+        "mode": chosen.kind if significant else "off",
         "variant": chosen.name,
         "bucket": list(chosen.bucket) if chosen.bucket else None,
         "layers": list(chosen.layers),
@@ -70,8 +105,11 @@ def build_profile(
             "metric": metric,
             "num_images": num_images,
             "baseline": baseline.metrics,
-            "selected": (best if improves else baseline).metrics,
-            "dola_beats_baseline": improves,
+            "best": {"variant": best.variant.name, **best.metrics},
+            "selected": (best if significant else baseline).metrics,
+            "dola_beats_baseline": beats,
+            "mcnemar_p_value": p_value,
+            "significance": significance,
             "ranking": [{"variant": r.variant.name, **r.metrics} for r in ranked[:top]],
         },
         "data_fingerprint": data_fingerprint,

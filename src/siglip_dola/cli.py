@@ -444,6 +444,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         metric=args.metric,
         data_fingerprint=image_set.fingerprint(),
         num_images=evaluation.num_images,
+        labels=evaluation.labels,
+        significance=args.significance,
         templates=templates,
     )
     from siglip_dola.calibrate import rank_variants
@@ -674,18 +676,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def evaluate_split(ids: list[int]):
         part = emb.subset([row_of[i] for i in ids if i in row_of])
-        return evaluate_embeddings(
+        results = evaluate_embeddings(
             part, evaluation.text_bank, evaluation.tau, variants, len(data.class_names)
         )
+        return (*results, part.labels)
 
-    val_results, _ = evaluate_split(val_ids)
-    test_results, test_per_layer = evaluate_split(test_ids)
+    val_results, _, val_labels = evaluate_split(val_ids)
+    test_results, test_per_layer, _ = evaluate_split(test_ids)
     profile = build_profile(
         val_results,
         model=BUNDLED_MODEL,
         tau=evaluation.tau,
         data_fingerprint=data.subset(val_ids).fingerprint(),
         num_images=len(val_ids),
+        labels=val_labels,
         templates=templates,
     )
     val_acc = {r.variant.name: r.metrics["acc1"] for r in val_results}
@@ -698,8 +702,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     shown.append(test_by_name["apc-only a=0.1"])
     statics = [r for r in test_results if r.variant.kind == "static" and r.variant.alpha == 0.1]
     shown.append(max(statics, key=lambda r: val_acc[r.variant.name]))
-    if profile["mode"] != "off" and test_by_name[profile["variant"]] not in shown:
-        shown.append(test_by_name[profile["variant"]])
+    if test_by_name[profile["validation"]["best"]["variant"]] not in shown:
+        shown.append(test_by_name[profile["validation"]["best"]["variant"]])
     print()
     print(
         format_table(
@@ -709,16 +713,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     )
     validation = profile["validation"]
-    decision = f"DoLa on: {profile['variant']}" if profile["mode"] != "off" else "DoLa stays off"
-    print(
-        f"calibration on validation (acc1): best {validation['ranking'][0]['variant']} "
-        f"{100 * validation['ranking'][0]['acc1']:.2f}% vs baseline {100 * validation['baseline']['acc1']:.2f}%"
-        f" -> {decision}"
-    )
+    best = validation["best"]
+    p_value = validation["mcnemar_p_value"]
     if profile["mode"] != "off":
-        chosen = test_by_name[profile["variant"]].metrics["acc1"]
+        decision = f"DoLa on: {profile['variant']}"
+    elif validation["dola_beats_baseline"]:
+        decision = f"not significant (McNemar p = {p_value:.2f}), DoLa stays off"
+    else:
+        decision = "no variant beats the baseline, DoLa stays off"
+    print(
+        f"calibration on validation (acc1): best {best['variant']} {100 * best['acc1']:.2f}% vs "
+        f"baseline {100 * validation['baseline']['acc1']:.2f}% -> {decision}"
+    )
+    if best["variant"] != "baseline":
+        on_test = test_by_name[best["variant"]].metrics["acc1"]
         print(
-            f"calibrated choice on the test split: {100 * chosen:.2f}% vs baseline "
+            f"the validation-best variant on the test split: {100 * on_test:.2f}% vs baseline "
             f"{100 * test_by_name['baseline'].metrics['acc1']:.2f}%"
         )
     results = classification_results(
@@ -842,6 +852,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variant_options(p)
     p.add_argument("--profile", type=Path, required=True, help="profile JSON to write")
     p.add_argument("--metric", default="acc1", choices=("acc1", "acc5", "mean_per_class_recall"))
+    p.add_argument(
+        "--significance",
+        type=float,
+        default=0.05,
+        help="turn DoLa on only if its top-1 decisions differ from the baseline's with exact "
+        "McNemar p below this (default 0.05; 1 = any gain)",
+    )
     p.add_argument(
         "--val-fraction",
         type=float,

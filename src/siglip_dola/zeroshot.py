@@ -687,8 +687,12 @@ class Evaluation:
     embeddings: LayerEmbeddingSet
     text_bank: torch.Tensor
     tau: float
-    num_images: int
+    labels: np.ndarray  # [N] of the evaluated images, in data-set order
     skipped: list[Skipped]
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
 
     def variant(self, name: str) -> VariantResult:
         for r in self.results:
@@ -756,4 +760,4 @@ def evaluate_dataset(
     results, per_layer = _summarise(
         all_outcomes, emb_layers, torch.as_tensor(labels), variants, len(image_set.class_names)
     )
-    return Evaluation(results, per_layer, embeddings, bank, tau, len(labels), skipped)
+    return Evaluation(results, per_layer, embeddings, bank, tau, labels, skipped)
