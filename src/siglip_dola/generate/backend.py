@@ -1,0 +1,211 @@
+"""Finding and loading a Janus-Pro checkpoint for generation.
+
+Two formats: HF-format folders or hub ids (transformers ``JanusForConditionalGeneration``,
+``model_type`` ``janus``) load directly; DeepSeek-format folders (``multi_modality``) are
+converted once to HF format (into a cache folder, or where ``converted_dir`` says) and then
+load the same way. :func:`resolve_model` only reads ``config.json``, so a bad ``--model``
+fails before anything heavy happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from siglip_dola.generate.convert import (
+    DEEPSEEK_MODEL_TYPE,
+    MARKER_FILE,
+    convert_checkpoint,
+    plan_conversion,
+)
+from siglip_dola.generate.sampling import SpecialTokens
+
+__all__ = [
+    "HF_MODEL_TYPE",
+    "JanusBundle",
+    "ModelSource",
+    "default_conversion_dir",
+    "load_janus",
+    "resolve_model",
+    "special_tokens",
+]
+
+HF_MODEL_TYPE = "janus"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights are: ``kind`` is ``hf`` (folder), ``hub`` (id) or ``deepseek``."""
+
+    kind: str
+    location: str
+
+    @property
+    def label(self) -> str:
+        """A stable name for manifests: absolute folder path or hub id."""
+        return self.location
+
+
+@dataclass
+class JanusBundle:
+    """A loaded Janus model with its tokenizer and the special-token ids sampling needs."""
+
+    model: Any  # transformers JanusForConditionalGeneration
+    tokenizer: Any
+    special: SpecialTokens
+    source: ModelSource
+
+
+# ----------------------------------------------------------------------------- resolving
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Classify ``--model`` without loading weights (reads ``config.json`` only)."""
+    text = str(spec).strip()
+    if not text:
+        raise ValueError("--model is empty: expected a Janus-Pro folder or hub id")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return ModelSource(_folder_kind(path), str(path.resolve()))
+    if path.exists():
+        raise ValueError(f"model {path} is a file; expected a checkpoint folder or a hub id")
+    if HUB_ID.match(text) and not text.startswith((".", "~")):
+        return ModelSource("hub", text)
+    raise ValueError(f"model folder {path} does not exist (and {text!r} is not a hub id)")
+
+
+def _folder_kind(folder: Path) -> str:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(
+            f"{folder} is neither an HF-format Janus folder nor a DeepSeek-format one: "
+            f"it has no config.json"
+        )
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError, OSError) as exc:
+        raise ValueError(f"{config_path} is not a readable JSON object ({exc})") from None
+    if model_type == HF_MODEL_TYPE:
+        return "hf"
+    if model_type == DEEPSEEK_MODEL_TYPE:
+        return "deepseek"
+    raise ValueError(
+        f"{folder} is neither an HF-format Janus folder (model_type 'janus') nor a "
+        f"DeepSeek-format one (model_type 'multi_modality'): config.json says {model_type!r}"
+    )
+
+
+def default_conversion_dir(source: ModelSource) -> Path:
+    """Cache folder for the HF-format copy of a DeepSeek checkpoint."""
+    root = Path(os.environ.get("SIGLIP_DOLA_CACHE", Path.home() / ".cache" / "siglip_dola"))
+    digest = hashlib.sha1(source.location.encode()).hexdigest()[:10]
+    return root / "janus-hf" / f"{Path(source.location).name}-{digest}"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@contextlib.contextmanager
+def quiet_transformers(progress: bool = True) -> Iterator[None]:
+    """Silence transformers' warnings (and its progress bars unless ``progress``)."""
+    # transformers warns when AutoTokenizer peeks at a non-HF config.json; the warning is
+    # about a case we handle, so it would only confuse.
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _hf_folder(source: ModelSource, converted_dir: Path | None, log) -> str:
+    """The HF-format location to load: converts a DeepSeek folder once."""
+    if source.kind != "deepseek":
+        return source.location
+    target = converted_dir or default_conversion_dir(source)
+    if (target / MARKER_FILE).is_file():
+        log(f"using the HF-format copy of {source.location} in {target}")
+        return str(target)
+    if target.exists():
+        raise FileExistsError(f"{target} exists but holds no finished conversion; remove it")
+    log(f"converting the DeepSeek-format checkpoint {source.location} to HF format in {target} "
+        f"(once; `siglip-dola janus-convert` does this ahead of time)")
+    with quiet_transformers():
+        convert_checkpoint(source.location, target)
+    return str(target)
+
+
+def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
+    """BOS, pad and ``<begin_of_image>`` ids from the tokenizer (generation config as backup)."""
+
+    def known(token: str) -> int | None:
+        value = tokenizer.convert_tokens_to_ids(token)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        return None if value is None or (unk is not None and value == unk) else int(value)
+
+    gen = generation_config
+    extra = dict(getattr(gen, "generation_kwargs", None) or {})
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(
+        gen, "bos_token_id", None)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = known(DEEPSEEK_PAD_TAG) or getattr(gen, "pad_token_id", None)
+    boi = known("<begin_of_image>") or extra.get("boi_token_id")
+    missing = [n for n, v in (("BOS", bos), ("pad", pad), ("<begin_of_image>", boi)) if v is None]
+    if missing:
+        raise ValueError(f"the tokenizer defines no {', '.join(missing)} token")
+    return SpecialTokens(bos=int(bos), pad=int(pad), boi=int(boi))
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def load_janus(
+    source: ModelSource,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    converted_dir: Path | None = None,
+    log=print,
+    progress: bool = True,
+) -> JanusBundle:
+    """Load model + tokenizer in eval mode on ``device``; converts DeepSeek folders first."""
+    from transformers import AutoTokenizer, JanusForConditionalGeneration
+
+    location = _hf_folder(source, converted_dir, log)
+    local = source.kind != "hub"
+    with quiet_transformers(progress):
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
+        model = JanusForConditionalGeneration.from_pretrained(
+            location, local_files_only=local, **_dtype_kwargs(dtype)
+        )
+    model = model.to(device).eval()
+    return JanusBundle(model, tokenizer, special_tokens(tokenizer, model.generation_config), source)
+
+
+def check_deepseek(source: ModelSource) -> None:
+    """Validate a DeepSeek folder (config, shards, keys) without loading tensor data."""
+    if source.kind == "deepseek":
+        with quiet_transformers():
+            plan_conversion(source.location)

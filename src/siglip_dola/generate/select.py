@@ -1,0 +1,155 @@
+"""Best-of-N: score generated candidates against their prompt with SigLIP (and DoLa).
+
+Each candidate image is read out at the final layer and at the DoLa candidate layers in one
+backbone pass. The classes are the prompt plus the negatives (by default the file's other
+prompts), so a candidate scores high when SigLIP finds it matches its own prompt better than
+the others. Scores per candidate:
+
+* ``siglip_logit``: s_N(prompt) = cos(z_N, t_prompt) / tau;
+* ``siglip_p``: q_N(prompt), the final-layer softmax over the classes;
+* ``dola_p``: DoLa's p_hat(prompt) (dynamic contrast layer, APC with ``alpha``);
+* ``contrast_layer``: the layer DoLa contrasted with.
+
+``--select siglip`` ranks by (siglip_p, siglip_logit), ``--select dola`` by (dola_p,
+siglip_p, siglip_logit): the later keys break ties (one prompt and no negatives gives
+every candidate p = 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from siglip_dola.dola import apply_dola, class_scores
+from siglip_dola.layers import bucket_candidates, parse_layers, split_buckets, validate_candidates
+from siglip_dola.readout.base import LoadedModel
+
+__all__ = ["SELECT_MODES", "CandidateScore", "CandidateScorer", "rank_candidates"]
+
+SELECT_MODES = ("first", "siglip", "dola")
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """How well one candidate image matches its prompt (see the module docstring)."""
+
+    siglip_logit: float
+    siglip_p: float
+    dola_p: float
+    contrast_layer: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def rank_candidates(scores: Sequence[CandidateScore | None], mode: str) -> list[int]:
+    """Candidate indices, best first; ``first`` keeps generation order. Sorting is stable,
+    so equal scores keep the lower candidate number first."""
+    if mode not in SELECT_MODES:
+        raise ValueError(f"unknown selection {mode!r}; expected one of {', '.join(SELECT_MODES)}")
+    order = list(range(len(scores)))
+    if mode == "first":
+        return order
+
+    def key(i: int) -> tuple[float, ...]:
+        s = scores[i]
+        if s is None:
+            raise ValueError(f"candidate {i} has no score")
+        if mode == "siglip":
+            return (s.siglip_p, s.siglip_logit)
+        return (s.dola_p, s.siglip_p, s.siglip_logit)
+
+    return sorted(order, key=key, reverse=True)
+
+
+class CandidateScorer:
+    """Scores candidate images against their prompt with a loaded SigLIP readout."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        texts: Sequence[str],
+        layers: str | Sequence[int] | None = None,
+        alpha: float = 0.1,
+        tau: float | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        """``texts``: every prompt and negative that will be scored (encoded once here).
+        ``layers``: DoLa candidate layers (``18,20,22``, ``bucket:3``...; default: the even
+        layers of the last of three buckets)."""
+        if model.text is None:
+            raise ValueError(
+                f"the scorer {model.vision.name!r} has no text tower; pass --scorer-text"
+            )
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.model = model
+        self.alpha = float(alpha)
+        self.tau = model.tau if tau is None else float(tau)
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        self.batch_size = batch_size
+        self.candidate_layers = self._candidate_layers(layers)
+        self._rows = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+        self._bank = self._encode(list(self._rows))
+
+    def _candidate_layers(self, layers: str | Sequence[int] | None) -> tuple[int, ...]:
+        depth = self.model.vision.depth
+        if layers is None:
+            return bucket_candidates(split_buckets(depth, 3)[-1], depth)
+        if isinstance(layers, str):
+            return parse_layers(layers, depth)
+        return validate_candidates(tuple(int(x) for x in layers), depth)
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        rows = [
+            self.model.text.encode_text(texts[i : i + self.batch_size]).float().cpu()
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        bank = torch.cat(rows)
+        if not torch.isfinite(bank).all():
+            raise ValueError("the scorer's text tower produced NaN or inf embeddings")
+        return torch.nn.functional.normalize(bank, dim=-1)
+
+    def classes(self, prompt: str, negatives: Sequence[str]) -> list[str]:
+        """The prompt first, then the distinct negatives other than the prompt."""
+        return [prompt, *(t for t in dict.fromkeys(negatives) if t != prompt)]
+
+    @torch.no_grad()
+    def score(
+        self, images: Sequence[Image.Image] | np.ndarray, prompt: str, negatives: Sequence[str]
+    ) -> list[CandidateScore]:
+        """Scores of each candidate image (RGB PIL images or uint8 [N, H, W, 3])."""
+        if isinstance(images, np.ndarray):
+            images = [Image.fromarray(a) for a in images]
+        classes = self.classes(prompt, negatives)
+        missing = [t for t in classes if t not in self._rows]
+        if missing:
+            raise KeyError(f"texts not encoded by the scorer: {missing[:3]}")
+        bank = self._bank[[self._rows[t] for t in classes]]
+        vision = self.model.vision
+        out: list[CandidateScore] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = vision.preprocess(list(images[start : start + self.batch_size]))
+            emb = vision.forward_layers(batch, self.candidate_layers)
+            scores = class_scores(emb.embeddings.float().cpu(), bank, self.tau, normalize=True)
+            final = scores[-1]  # layers are ascending and end with N
+            q_final = torch.softmax(final, dim=-1)
+            dola = apply_dola(
+                scores, layers=emb.layers, candidate_layers=self.candidate_layers, alpha=self.alpha
+            )
+            for i in range(final.shape[0]):
+                out.append(
+                    CandidateScore(
+                        siglip_logit=float(final[i, 0]),
+                        siglip_p=float(q_final[i, 0]),
+                        dola_p=float(dola.p_hat[i, 0]),
+                        contrast_layer=int(dola.chosen_layers[i]),
+                    )
+                )
+        return out
