@@ -104,33 +104,49 @@ def plot_layers(
     ax.grid(alpha=0.3)
     save(fig, "per_layer_accuracy.png")
 
-    dynamic = [r for r in results if r.variant.kind == "dynamic" and r.chosen_layers is not None]
+    # The contrast layer does not depend on alpha: one histogram per bucket is enough.
+    dynamic = {}
+    for r in results:
+        if r.variant.kind == "dynamic" and r.chosen_layers is not None:
+            dynamic.setdefault(r.variant.layers, r)
     if dynamic:
         fig, ax = plt.subplots(figsize=(7, 3.6))
-        width = 0.8 / len(dynamic)
-        for i, r in enumerate(dynamic):
+        for r in dynamic.values():
             chosen = r.chosen_layers.tolist()
-            counts = [chosen.count(layer) for layer in r.variant.layers]
             ax.bar(
-                [layer + (i - len(dynamic) / 2) * width for layer in r.variant.layers],
-                counts,
-                width=width,
-                label=r.variant.name,
+                r.variant.layers,
+                [chosen.count(layer) for layer in r.variant.layers],
+                width=0.8,
+                label=r.variant.name.rsplit(" a=", 1)[0],
             )
         ax.set(
             xlabel="contrast layer M chosen (argmax JSD)",
             ylabel="images",
             title="Dynamic mode: chosen-layer histogram",
         )
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         save(fig, "chosen_layers.png")
 
-    with_kept = [r for r in results if r.mean_kept is not None]
-    if with_kept:
-        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(with_kept))))
-        names = [r.variant.name for r in with_kept]
-        ax.barh(names, [r.mean_kept for r in with_kept])
-        ax.set(xlabel="mean kept-set size |V_head|", title="APC kept-set sizes")
-        ax.tick_params(axis="y", labelsize=7)
+    # The kept set depends only on alpha (and q_N): one distribution per alpha.
+    by_alpha = {}
+    for r in results:
+        if r.kept_sizes is not None:
+            by_alpha.setdefault(r.variant.alpha, r.kept_sizes)
+    if by_alpha:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        top = int(max(int(k.max()) for k in by_alpha.values()))
+        bins = [x + 0.5 for x in range(top + 1)]
+        for alpha, sizes in sorted(by_alpha.items()):
+            ax.hist(
+                sizes.tolist(),
+                bins=bins,
+                histtype="step",
+                lw=1.5,
+                label=f"alpha={alpha:g} (mean {sizes.float().mean().item():.2f})",
+            )
+        ax.set(
+            xlabel="kept-set size |V_head| per image", ylabel="images", title="APC kept-set sizes"
+        )
+        ax.legend(fontsize=8)
         save(fig, "kept_set_sizes.png")
     return written

@@ -411,7 +411,11 @@ class VariantResult:
     metrics: dict[str, float]
     predictions: torch.Tensor  # [N] top-1 class
     chosen_layers: torch.Tensor | None = None  # [N] (dynamic/static)
-    mean_kept: float | None = None
+    kept_sizes: torch.Tensor | None = None  # [N] |V_head| per image (all but the baseline)
+
+    @property
+    def mean_kept(self) -> float | None:
+        return None if self.kept_sizes is None else self.kept_sizes.float().mean().item()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.variant.to_dict(), "metrics": self.metrics}
@@ -504,7 +508,7 @@ def _summarise(
                 classification_metrics(top, labels, num_classes),
                 top[:, 0],
                 chosen_layers=chosen,
-                mean_kept=None if kept is None else kept.float().mean().item(),
+                kept_sizes=kept,
             )
         )
     return results, per_layer
