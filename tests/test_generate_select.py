@@ -62,13 +62,23 @@ def test_scores_match_an_independent_siglip_computation(scorer_model):
     with torch.no_grad():
         ids = tokenizer(texts, padding="max_length", max_length=16, truncation=True,
                         return_tensors="pt")
-        text = torch.nn.functional.normalize(
-            model.get_text_features(input_ids=ids.input_ids).pooler_output, dim=-1
-        )
+        features = model.get_text_features(input_ids=ids.input_ids)
+        features = getattr(features, "pooler_output", features)  # 5.x object, 4.x tensor
+        text = torch.nn.functional.normalize(features, dim=-1)
         vision = model.vision_model
-        hidden = vision(pixel_values=batch["pixel_values"], output_hidden_states=True)
-        pooled = [vision.head(vision.post_layernorm(hidden.hidden_states[layer]))
-                  for layer in (2, 4, 6)]
+        hidden: dict[int, torch.Tensor] = {}  # block outputs by layer number, via hooks
+        hooks = [
+            vision.encoder.layers[layer - 1].register_forward_hook(
+                lambda _m, _i, out, layer=layer: hidden.__setitem__(
+                    layer, out[0] if isinstance(out, tuple) else out
+                )
+            )
+            for layer in (2, 4, 6)
+        ]
+        vision(pixel_values=batch["pixel_values"])
+        for hook in hooks:
+            hook.remove()
+        pooled = [vision.head(vision.post_layernorm(hidden[layer])) for layer in (2, 4, 6)]
         per_layer = torch.nn.functional.normalize(torch.stack(pooled), dim=-1)
         scale = model.logit_scale.exp()
     logits = per_layer @ text.T * scale

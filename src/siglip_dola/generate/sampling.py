@@ -181,8 +181,9 @@ def _kv_cache(model, capacity: int):
 
     class PreallocatedLayer(DynamicLayer):
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
+            if not self.is_initialized:  # lazy_initialization's signature varies by version
+                self.dtype, self.device = key_states.dtype, key_states.device
+                self.is_initialized = True
                 shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
                 self._key_buffer = key_states.new_empty(shape)
                 self._value_buffer = value_states.new_empty((*shape[:3], value_states.shape[-1]))
