@@ -138,6 +138,13 @@ def test_model_folder_of_neither_format(capsys, good, tmp_path):
     assert "has no config.json" in run(capsys, {**good, "--model": str(empty)})
 
 
+def test_hf_folder_without_weights(capsys, good, tmp_path):
+    folder = tmp_path / "janus"
+    folder.mkdir()
+    write(folder / "config.json", '{"model_type": "janus"}')
+    assert "holds no weights" in run(capsys, {**good, "--model": str(folder)})
+
+
 def test_missing_model_folder(capsys, good, tmp_path):
     line = run(capsys, {**good, "--model": str(tmp_path / "Janus-Pro-7B")})
     assert "does not exist" in line

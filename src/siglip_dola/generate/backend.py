@@ -31,6 +31,7 @@ from siglip_dola.generate.sampling import SpecialTokens
 
 __all__ = [
     "HF_MODEL_TYPE",
+    "check_deepseek",
     "JanusBundle",
     "ModelSource",
     "default_conversion_dir",
@@ -97,6 +98,7 @@ def _folder_kind(folder: Path) -> str:
     except (ValueError, AttributeError, OSError) as exc:
         raise ValueError(f"{config_path} is not a readable JSON object ({exc})") from None
     if model_type == HF_MODEL_TYPE:
+        _check_hf_files(folder)
         return "hf"
     if model_type == DEEPSEEK_MODEL_TYPE:
         return "deepseek"
@@ -104,6 +106,19 @@ def _folder_kind(folder: Path) -> str:
         f"{folder} is neither an HF-format Janus folder (model_type 'janus') nor a "
         f"DeepSeek-format one (model_type 'multi_modality'): config.json says {model_type!r}"
     )
+
+
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+              "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _check_hf_files(folder: Path) -> None:
+    """An HF-format folder needs weights and a tokenizer (named before a long load fails)."""
+    if not any((folder / name).is_file() for name in HF_WEIGHTS):
+        raise ValueError(f"{folder} holds no weights (expected one of {', '.join(HF_WEIGHTS)})")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{folder} holds no tokenizer (expected {' or '.join(TOKENIZER_FILES)})")
 
 
 def default_conversion_dir(source: ModelSource) -> Path:
@@ -195,11 +210,15 @@ def load_janus(
 
     location = _hf_folder(source, converted_dir, log)
     local = source.kind != "hub"
-    with quiet_transformers(progress):
-        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
-        model = JanusForConditionalGeneration.from_pretrained(
-            location, local_files_only=local, **_dtype_kwargs(dtype)
-        )
+    try:
+        with quiet_transformers(progress):
+            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
+            model = JanusForConditionalGeneration.from_pretrained(
+                location, local_files_only=local, **_dtype_kwargs(dtype)
+            )
+    except OSError as exc:  # missing files, no network for a hub id, unreadable weights
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load {location}: {first_line}") from None
     model = model.to(device).eval()
     return JanusBundle(model, tokenizer, special_tokens(tokenizer, model.generation_config), source)
 

@@ -40,7 +40,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
                    "folder (converted once, see --converted-dir)")
     g = p.add_argument_group("sampling")
     g.add_argument("--parallel-size", type=int, default=16,
-                   help="candidate images per prompt (default 16)")
+                   help="candidate images per prompt (default 16); --select first only "
+                   "generates the --per-prompt it keeps, which are the same images")
     g.add_argument("--per-prompt", type=int, default=1,
                    help="images kept per prompt, <= --parallel-size (default 1)")
     g.add_argument("--cfg-weight", type=float, default=5.0,

@@ -236,12 +236,13 @@ def generate_image_tokens(
     embeds = model.get_input_embeddings()(ids)
     length = ids.shape[1]
     cache = _kv_cache(model, length + steps)
+    cache_positions = torch.arange(length + steps, device=device)  # sliced, not rebuilt
     out = lm(
         inputs_embeds=embeds,
         attention_mask=mask,
         position_ids=positions,
         past_key_values=cache,
-        cache_position=torch.arange(length, device=device),
+        cache_position=cache_positions[:length],
         use_cache=True,
     )
     cache = out.past_key_values
@@ -262,7 +263,7 @@ def generate_image_tokens(
             attention_mask=mask,
             position_ids=positions,
             past_key_values=cache,
-            cache_position=torch.tensor([length + step], device=device),
+            cache_position=cache_positions[length + step : length + step + 1],
             use_cache=True,
         )
         cache = out.past_key_values
