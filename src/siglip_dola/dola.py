@@ -238,12 +238,6 @@ def apc_only(log_q_final: Array, alpha: float = 0.1) -> tuple[Array, Array]:
     return _back(_masked_softmax(lf, keep), to_numpy), _back(keep, to_numpy)
 
 
-def _rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b, -1) for [..., C] tensors of one shape, without the [..., C] temporary."""
-    lead, c = a.shape[:-1], a.shape[-1]
-    return torch.bmm(a.reshape(-1, 1, c), b.reshape(-1, c, 1)).view(lead)
-
-
 def _jsd_from_log_distributions(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """JSD between normalised log-distributions log_p [B, C] and log_q [K, B, C] -> [K, B].
 
@@ -256,8 +250,8 @@ def _jsd_from_log_distributions(log_p: torch.Tensor, log_q: torch.Tensor) -> tor
     # Entries of 2m below the smallest normal number carry no mass; clamping keeps log finite.
     log_two_m = two_m.clamp_min_(torch.finfo(two_m.dtype).tiny).log()
     # sum m log m = 1/2 sum 2m log 2m - ln 2, since sum 2m = 2.
-    mix = 0.5 * _rowwise_dot(two_m, log_two_m) - math.log(2.0)
-    value = 0.5 * (_rowwise_dot(p, log_p) + _rowwise_dot(q, log_q)) - mix
+    mix = 0.5 * torch.linalg.vecdot(two_m, log_two_m) - math.log(2.0)
+    value = 0.5 * (torch.linalg.vecdot(p, log_p) + torch.linalg.vecdot(q, log_q)) - mix
     return value.clamp(0.0, math.log(2.0))
 
 
