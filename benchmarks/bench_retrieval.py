@@ -3,12 +3,13 @@
     python benchmarks/bench_retrieval.py        # 1,000 images x 100,000 captions, D=1024
 
 Both variants run the same code (image->text and text->image, baseline + DoLa re-ranking of
-a shortlist of 50, 4 layers); "unblocked" sets the block budget to the whole image x caption
+a shortlist of 50, 4 layers). "Unblocked" sets the block budget to the whole image x caption
 score matrix, so each direction's baseline scores are one matrix product (the text->image
-pair re-scoring is still cut where its [pairs, layers, shortlist] tensor would exceed that). Each measurement runs in a fresh child process (peak RSS
-growth over the inputs, glibc mmap threshold fixed so freed blocks are returned at once);
-the two alternate for --repeats rounds and medians are compared. Target: blocked time within
-1.2x of unblocked, at a fraction of its memory.
+pair re-scoring is still cut where its [layers, pairs, shortlist] tensor would exceed that).
+Each measurement runs in a fresh child process (peak RSS growth over the inputs; glibc's mmap
+threshold fixed so that freed blocks go back to the OS at once); the two alternate for
+--repeats rounds and medians are compared. Target: blocked time within 1.2x of unblocked, at
+a fraction of its memory.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from siglip_dola.models import load_model
 
 from siglip_dola.cli import main
 from siglip_dola.data import bundled_model_dir, load_dataset
+from siglip_dola.models import load_model
 from siglip_dola.text import build_text_bank
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -339,3 +339,15 @@ def test_wrong_types():
         D.jsd([0.5, 0.5], [0.5, 0.5])
     with pytest.raises(TypeError, match="needs `layers`"):
         D.apply_dola(np.zeros((2, 1, 3)))
+
+
+def test_contrast_stack_equals_contrast_per_layer():
+    gen = torch.Generator().manual_seed(5)
+    log_final = torch.log_softmax(torch.randn(6, 9, generator=gen) * 3, -1)
+    stack = torch.log_softmax(torch.randn(4, 6, 9, generator=gen) * 3, -1)
+    p_hat, kept = D.contrast_stack(log_final, stack, 0.2)
+    for s in range(4):
+        one, one_kept = D.contrast(log_final, stack[s], 0.2)
+        assert torch.allclose(p_hat[s], one) and torch.equal(kept, one_kept)
+    with pytest.raises(ValueError, match=r"\[S, 6, 9\]"):
+        D.contrast_stack(log_final, stack[:, :3], 0.2)

@@ -35,6 +35,7 @@ __all__ = [
     "class_scores",
     "contrast",
     "contrast_and_mask",
+    "contrast_stack",
     "apply_dola",
     "dola_from_distributions",
     "jensen_shannon",
@@ -224,6 +225,27 @@ def contrast(log_q_final: Array, log_q_contrast: Array, alpha: float = 0.1) -> t
         )
     _check_finite(lf, "log_q_final")
     _check_finite(lc, "log_q_contrast")
+    keep = _apc_mask_log(lf, alpha)
+    p_hat = _masked_softmax(lf - lc.to(lf.dtype), keep)
+    return _back(p_hat, to_numpy), _back(keep, to_numpy)
+
+
+def contrast_stack(
+    log_q_final: Array, log_q_contrasts: Array, alpha: float = 0.1
+) -> tuple[Array, Array]:
+    """:func:`contrast` of one final layer [B, C] against S contrast distributions [S, B, C]
+    at once: returns p_hat [S, B, C] and the kept mask [B, C] (it depends on q_N only)."""
+    _check_alpha(alpha)
+    lf, to_numpy = _as_tensor(log_q_final, "log_q_final")
+    lc, _ = _as_tensor(log_q_contrasts, "log_q_contrasts")
+    _check_ndim(lf, 2, "log_q_final", "[B, C]")
+    _check_ndim(lc, 3, "log_q_contrasts", "[S, B, C]")
+    if lc.shape[1:] != lf.shape:
+        raise ValueError(
+            f"contrasts must have shape [S, {lf.shape[0]}, {lf.shape[1]}], got {tuple(lc.shape)}"
+        )
+    _check_finite(lf, "log_q_final")
+    _check_finite(lc, "log_q_contrasts")
     keep = _apc_mask_log(lf, alpha)
     p_hat = _masked_softmax(lf - lc.to(lf.dtype), keep)
     return _back(p_hat, to_numpy), _back(keep, to_numpy)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageError, ImageSet, Skipped
 from siglip_dola.distributed import DistContext
-from siglip_dola.dola import apc_only, apply_dola, contrast, select_contrast_layer
+from siglip_dola.dola import apc_only, apply_dola, contrast_stack, select_contrast_layer
 from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
 from siglip_dola.readout.base import LoadedModel, VisionReadout
 from siglip_dola.text import build_text_bank, validate_class_names
@@ -444,7 +444,9 @@ def _block_outcome(
 ) -> _BlockOutcome:
     """Every variant on one block of per-layer scores [L, b, C].
 
-    Log-distributions and the JSD of every contrast layer are computed once and shared.
+    Log-distributions and the JSD of every contrast layer are computed once and shared; the
+    contrast layer of a dynamic variant depends on its candidates only, and all contrasts
+    with one alpha go through the DoLa core as one stack.
     """
     log_q = torch.log_softmax(scores.float(), dim=-1)
     log_final = log_q[-1]
@@ -456,25 +458,43 @@ def _block_outcome(
         rows = torch.tensor([layers.index(m) for m in needed])
         _, divergence = select_contrast_layer(log_final, log_q.index_select(0, rows))  # [b, K]
     arange = torch.arange(log_final.shape[0])
-    out = _BlockOutcome([], [], [], scores.argmax(-1))
+    chosen: dict[tuple[int, ...], torch.Tensor] = {}
     for variant in variants:
-        if variant.kind == "baseline":
-            out.top.append(top_classes(q_final))
-            out.chosen.append(None)
-            out.kept.append(None)
-            continue
-        chosen = None
-        if variant.kind == "apc":
-            p_hat, kept = apc_only(log_final, variant.alpha)
-        else:
+        if variant.kind == "dynamic" and variant.layers not in chosen:
             cols = torch.tensor([column[m] for m in variant.layers])
             pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest candidate
-            chosen = torch.tensor(variant.layers)[pick]
-            contrast_rows = torch.tensor([layers.index(m) for m in variant.layers])[pick]
-            p_hat, kept = contrast(log_final, log_q[contrast_rows, arange], variant.alpha)
-        out.top.append(top_classes(ranking_scores(p_hat, kept, q_final)))
-        out.chosen.append(chosen)
-        out.kept.append(kept.sum(-1))
+            chosen[variant.layers] = torch.tensor(variant.layers)[pick]
+    n = len(variants)
+    out = _BlockOutcome([None] * n, [None] * n, [None] * n, scores.argmax(-1))
+    for i, variant in enumerate(variants):
+        if variant.kind == "baseline":
+            out.top[i] = top_classes(q_final)
+        elif variant.kind == "apc":
+            p_hat, kept = apc_only(log_final, variant.alpha)
+            out.top[i] = top_classes(ranking_scores(p_hat, kept, q_final))
+            out.kept[i] = kept.sum(-1)
+    for alpha in dict.fromkeys(v.alpha for v in variants if v.kind in ("dynamic", "static")):
+        group = [
+            i
+            for i, v in enumerate(variants)
+            if v.kind in ("dynamic", "static") and v.alpha == alpha
+        ]
+        contrast_layers = []
+        for i in group:
+            layer = chosen[variants[i].layers] if variants[i].kind == "dynamic" else None
+            out.chosen[i] = (
+                layer if layer is not None else torch.full_like(arange, variants[i].layers[0])
+            )
+            contrast_layers.append(out.chosen[i])
+        row_of = torch.zeros(max(layers) + 1, dtype=torch.long)
+        row_of[torch.tensor(layers)] = torch.arange(len(layers))
+        stack = log_q[row_of[torch.stack(contrast_layers)], arange]  # [S, b, C]
+        p_hat, kept = contrast_stack(log_final, stack, alpha)
+        top = top_classes(ranking_scores(p_hat, kept, q_final))  # [S, b, k]
+        sizes = kept.sum(-1)
+        for k, i in enumerate(group):
+            out.top[i] = top[k]
+            out.kept[i] = sizes
     return out
 
 

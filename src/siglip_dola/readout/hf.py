@@ -27,6 +27,7 @@ from siglip_dola.readout._common import (
     resolve_layers,
     weights_fingerprint,
 )
+from siglip_dola.readout.attention_pool import fused_map_pool, supports_fused_map_pool
 from siglip_dola.readout.base import Batch, LayerEmbeddings
 
 __all__ = ["HFSiglipReadout", "HFSiglipText", "find_vision_transformer", "pooled_output"]
@@ -90,6 +91,7 @@ class HFSiglipReadout:
         model: nn.Module,
         image_processor: Any = None,
         name: str = "hf",
+        fused_head: bool = True,
     ) -> None:
         self.model = model.eval()
         self.vision = find_vision_transformer(model)
@@ -104,6 +106,9 @@ class HFSiglipReadout:
         self.depth = len(self.blocks)
         self.embed_dim = int(self.vision.config.hidden_size)
         self.naflex = "spatial_shapes" in _forward_arguments(self.vision.embeddings)
+        # The head's exact single-query form (see attention_pool) when the head is the
+        # standard MAP head; any other head is called as a module.
+        self.fused_head = fused_head and supports_fused_map_pool(self.vision.head)
         self._fingerprint: str | None = None
 
     @property
@@ -166,8 +171,10 @@ class HFSiglipReadout:
 
     def _pool(self, hidden: torch.Tensor, patch_mask: torch.Tensor | None, repeats: int) -> torch.Tensor:
         hidden = self.vision.post_layernorm(hidden)
+        mask = None if patch_mask is None or not self.naflex else patch_mask.repeat(repeats, 1)
+        if self.fused_head and mask is None:
+            return fused_map_pool(self.vision.head, hidden)
         if self.naflex:
-            mask = None if patch_mask is None else patch_mask.repeat(repeats, 1)
             return self.vision.head(hidden, mask)
         return self.vision.head(hidden)
 

@@ -1,0 +1,58 @@
+"""Single-query attention pooling (SigLIP's MAP head) evaluated in its cheap, exact order.
+
+The MAP head attends from one learned probe to T tokens. With one query, the key projection
+folds into a [width, heads] matrix (scores = X @ U) and the value projection can be applied
+after the attention-weighted average of the tokens (the weights sum to 1), so pooling costs
+O(T * width * heads) instead of O(T * width^2). The result is the head's own function computed
+with the head's own parameters - equal to calling the module up to float rounding (tested) -
+and it makes reading out many layers nearly free next to the backbone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["fused_map_pool", "supports_fused_map_pool"]
+
+
+def supports_fused_map_pool(head: nn.Module) -> bool:
+    """True for a transformers SigLIP/SigLIP2 pooling head built on ``nn.MultiheadAttention``."""
+    attention = getattr(head, "attention", None)
+    return (
+        isinstance(attention, nn.MultiheadAttention)
+        and attention.in_proj_weight is not None
+        and attention.bias_k is None
+        and attention.bias_v is None
+        and not attention.add_zero_attn
+        and isinstance(getattr(head, "probe", None), torch.Tensor)
+        and isinstance(getattr(head, "layernorm", None), nn.LayerNorm)
+        and isinstance(getattr(head, "mlp", None), nn.Module)
+    )
+
+
+def fused_map_pool(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``head(hidden)`` for a MAP head without a padding mask: [B, T, E] -> [B, E].
+
+    (SigLIP2's padded NaFlex batches go through the module itself: its masked attention is
+    what the library computes and is left to the library.)
+    """
+    attention: nn.MultiheadAttention = head.attention
+    width, heads = attention.embed_dim, attention.num_heads
+    dim = width // heads
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, _, b_v = (
+        attention.in_proj_bias.chunk(3)
+        if attention.in_proj_bias is not None
+        else (torch.zeros(width, device=hidden.device, dtype=hidden.dtype),) * 3
+    )
+    # The key bias adds the same amount to every token's score: it cancels in the softmax.
+    query = (head.probe.reshape(1, width) @ w_q.T + b_q).view(heads, dim) / math.sqrt(dim)
+    fold = torch.einsum("hd,hde->eh", query, w_k.view(heads, dim, width))  # [E, H]
+    weights = (hidden @ fold).softmax(dim=1)  # [B, T, H]
+    mixed = torch.einsum("bth,bte->bhe", weights, hidden)  # [B, H, E]
+    values = torch.einsum("bhe,hde->bhd", mixed, w_v.view(heads, dim, width)) + b_v.view(heads, dim)
+    pooled = attention.out_proj(values.reshape(-1, width))
+    return pooled + head.mlp(head.layernorm(pooled))

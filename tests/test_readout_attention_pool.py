@@ -1,0 +1,56 @@
+"""The fused single-query MAP pooling equals calling transformers' own pooling head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Siglip2VisionConfig, SiglipVisionConfig
+from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+from transformers.models.siglip2.modeling_siglip2 import Siglip2MultiheadAttentionPoolingHead
+
+from siglip_dola.readout.attention_pool import fused_map_pool, supports_fused_map_pool
+
+
+def _head(cls, config, dtype):
+    head = cls(config).eval().to(dtype)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.5)  # O(1)-and-larger outputs, so that tolerances mean something
+    return head
+
+
+@pytest.mark.parametrize("width,heads,tokens", [(64, 4, 16), (96, 6, 37), (32, 1, 5)])
+def test_fused_equals_siglip_head(width, heads, tokens):
+    torch.manual_seed(width + tokens)
+    config = SiglipVisionConfig(
+        hidden_size=width, num_attention_heads=heads, intermediate_size=2 * width
+    )
+    with torch.no_grad():
+        head = _head(SiglipMultiheadAttentionPoolingHead, config, torch.float64)
+        assert supports_fused_map_pool(head)
+        hidden = torch.randn(7, tokens, width, dtype=torch.float64) * 2
+        # exact algebra: equal to float64 rounding
+        torch.testing.assert_close(
+            fused_map_pool(head, hidden), head(hidden), atol=1e-10, rtol=1e-10
+        )
+        head, hidden = head.float(), hidden.float()
+        expected = head(hidden)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(
+            fused_map_pool(head, hidden), expected, atol=1e-5 * scale, rtol=0
+        )
+
+
+def test_fused_equals_siglip2_head_without_padding():
+    torch.manual_seed(0)
+    config = Siglip2VisionConfig(hidden_size=48, num_attention_heads=4, intermediate_size=96)
+    with torch.no_grad():
+        head = _head(Siglip2MultiheadAttentionPoolingHead, config, torch.float64)
+        hidden = torch.randn(3, 10, 48, dtype=torch.float64)
+        torch.testing.assert_close(
+            fused_map_pool(head, hidden), head(hidden), atol=1e-10, rtol=1e-10
+        )
+
+
+def test_other_heads_are_not_fused():
+    assert not supports_fused_map_pool(torch.nn.Linear(4, 4))
