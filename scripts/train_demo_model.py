@@ -37,22 +37,13 @@ from transformers import (
     SiglipTokenizer,
 )
 
+from siglip_dola.data import BUNDLED_CLASS_NAMES, BUNDLED_TEMPLATES
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "siglip_dola" / "assets"
 RAW = Path("/usr/share/datasets/fashion-mnist")
 
-CLASS_NAMES = [
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-]
+CLASS_NAMES = list(BUNDLED_CLASS_NAMES)
 TRAIN_TEMPLATES = [
     "a photo of a {c}.",
     "a picture of a {c}.",
@@ -69,15 +60,8 @@ TRAIN_TEMPLATES = [
     "a centered photo of one {c}.",
     "a dark photo of the {c}.",
 ]
-# Never used in training: the evaluation templates of the bundled demo (see data.py).
-HELD_OUT_TEMPLATES = [
-    "a good photo of the {c}.",
-    "a cropped photo of a {c}.",
-    "a black and white photo of the {c}.",
-    "a rendering of a {c}.",
-    "a photo of the small {c}.",
-    "a bright photo of a {c}.",
-]
+# Never used in training: the bundled demo's evaluation templates.
+HELD_OUT_TEMPLATES = list(BUNDLED_TEMPLATES)
 
 
 def read_idx(path: Path) -> np.ndarray:

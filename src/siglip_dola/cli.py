@@ -243,6 +243,25 @@ def _variants(args: argparse.Namespace, depth: int):
     return default_variants(depth, args.buckets, alphas, statics, apc=not args.no_apc)
 
 
+def _evaluate(args: argparse.Namespace, model, image_set, templates, variants, dist=None):
+    from siglip_dola.zeroshot import evaluate_dataset
+
+    return evaluate_dataset(
+        model,
+        image_set,
+        templates,
+        variants,
+        tau=getattr(args, "tau", None),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=_torch_dtype(args.dtype),
+        cache_dir=_cache_dir(args),
+        progress=_progress(args),
+        dist=dist,
+    )
+
+
 def _check_outputs(args: argparse.Namespace, *paths: Path | None) -> None:
     for path in paths:
         if path is not None and path.exists() and not args.overwrite:
@@ -340,7 +359,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return cmd_rerank(args)
     from siglip_dola.distributed import init_from_env
     from siglip_dola.report import classification_results, format_table, plot_layers
-    from siglip_dola.zeroshot import evaluate_dataset
 
     _check_outputs(args, args.output)
     image_set, templates = _load_data(args)
@@ -348,20 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = _load_model(args)
     variants = _variants(args, model.vision.depth)
     start = time.perf_counter()
-    evaluation = evaluate_dataset(
-        model,
-        image_set,
-        templates,
-        variants,
-        tau=args.tau,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        dtype=_torch_dtype(args.dtype),
-        cache_dir=_cache_dir(args),
-        progress=_progress(args),
-        dist=ctx,
-    )
+    evaluation = _evaluate(args, model, image_set, templates, variants, dist=ctx)
     if evaluation is None:  # a data-parallel worker: rank 0 reports
         return 0
     seconds = time.perf_counter() - start
@@ -416,7 +421,6 @@ def _report_skips(skipped) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from siglip_dola.calibrate import build_profile, save_profile
     from siglip_dola.report import format_table
-    from siglip_dola.zeroshot import evaluate_dataset
 
     _check_outputs(args, args.profile)
     image_set, templates = _load_data(args)
@@ -424,19 +428,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         image_set, _ = image_set.split(args.val_fraction, seed=args.seed)
     model = _load_model(args)
     variants = _variants(args, model.vision.depth)
-    evaluation = evaluate_dataset(
-        model,
-        image_set,
-        templates,
-        variants,
-        tau=args.tau,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        dtype=_torch_dtype(args.dtype),
-        cache_dir=_cache_dir(args),
-        progress=_progress(args),
-    )
+    evaluation = _evaluate(args, model, image_set, templates, variants)
     profile = build_profile(
         evaluation.results,
         model=args.model,

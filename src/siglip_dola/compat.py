@@ -45,8 +45,11 @@ def rerank_with_dola_siglip(
     bank = torch.as_tensor(text_bank).to(device)
     scores = class_scores(embeddings.embeddings, bank, tau=tau, normalize=False)
     result = apply_dola(
-        scores, layers=embeddings.layers, final_layer=readout.depth,
-        candidate_layers=candidates, alpha=alpha,
+        scores,
+        layers=embeddings.layers,
+        final_layer=readout.depth,
+        candidate_layers=candidates,
+        alpha=alpha,
     )
     # chosen_layers holds layer numbers; the seeds return positions in candidate_layers.
     numbers = torch.tensor(candidates, device=result.chosen_layers.device)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from siglip_dola.io import read_json_list
+
 __all__ = [
     "BUNDLED_CLASS_NAMES",
     "BUNDLED_TEMPLATES",
@@ -236,16 +238,7 @@ def load_image_folder(root: Path) -> ImageSet:
 
 def _read_label_rows(path: Path) -> list[tuple[str, str]]:
     if path.suffix.lower() == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
-        if not isinstance(rows, list):
-            raise ValueError(
-                f"{path}: expected a JSON list of {{'image': ..., 'label': ...}} objects"
-            )
+        rows = read_json_list(path, "{'image': ..., 'label': ...}")
         out = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or "image" not in row or "label" not in row:

@@ -9,7 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_writable",
+    "read_json_list",
+]
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
@@ -42,3 +48,16 @@ def check_writable(path: Path | str, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
     return path
+
+
+def read_json_list(path: Path, entry_hint: str) -> list[Any]:
+    """A JSON file holding a list; errors name the file, line and column."""
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of {entry_hint} objects")
+    return rows

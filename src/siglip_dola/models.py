@@ -122,9 +122,11 @@ def _janus_index(folder: Path) -> bool:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.startswith(("/", "./", "../", "~", "\\")) or text.endswith(
-        (".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-    ) or Path(text).expanduser().exists()
+    return (
+        text.startswith(("/", "./", "../", "~", "\\"))
+        or text.endswith((".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt"))
+        or Path(text).expanduser().exists()
+    )
 
 
 def _existing(path_text: str, what: str) -> Path:
@@ -160,7 +162,9 @@ def load_model(
     if text_spec is not None:
         parsed = parse_spec(text_spec)
         if parsed.scheme not in ("hf", "open_clip"):
-            raise ValueError(f"text spec {text_spec!r} has no text tower; expected hf: or open_clip:")
+            raise ValueError(
+                f"text spec {text_spec!r} has no text tower; expected hf: or open_clip:"
+            )
         text_towers = load_towers(parsed, trust_remote_code, need_vision=False)
         if text_towers.text is None:
             raise ValueError(f"text spec {text_spec!r} has no text tower (a vision-only model)")
@@ -231,7 +235,9 @@ def _load_hf(spec: ModelSpec, trust_remote_code: bool, need_vision: bool) -> Tow
         try:
             tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
-            raise ValueError(f"{name}: the model has a text tower but no tokenizer: {err}") from None
+            raise ValueError(
+                f"{name}: the model has a text tower but no tokenizer: {err}"
+            ) from None
         text = HFSiglipText(model, tokenizer, name=name)
         logit_scale = float(model.logit_scale.detach().reshape(-1)[0])
     if not need_vision:
@@ -274,7 +280,9 @@ def _load_open_clip(spec: ModelSpec, need_vision: bool) -> Towers:
         path = _existing(name, "open_clip model")
         if path.is_dir():
             if pretrained:
-                raise ValueError(f"{spec}: an open_clip folder carries its weights; drop ':{pretrained}'")
+                raise ValueError(
+                    f"{spec}: an open_clip folder carries its weights; drop ':{pretrained}'"
+                )
             name = f"local-dir:{path}"
         elif path.suffix == ".json":
             # A local model config: open_clip registers it under its file name.
@@ -345,11 +353,14 @@ def _timm_from_file(path: Path, model_kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _load_janus(spec: ModelSpec, head_from: str | Path | None, model_kwargs: dict[str, Any]) -> VisionReadout:
+def _load_janus(
+    spec: ModelSpec, head_from: str | Path | None, model_kwargs: dict[str, Any]
+) -> VisionReadout:
     from siglip_dola.readout.janus import DEFAULT_ARCHITECTURE, load_janus_vision
 
     folder = _existing(spec.target, "Janus checkpoint folder")
     kwargs = dict(model_kwargs)
     architecture = kwargs.pop("architecture", DEFAULT_ARCHITECTURE)
-    return load_janus_vision(folder, head_from=head_from, architecture=architecture,
-                             name=str(spec), **kwargs)
+    return load_janus_vision(
+        folder, head_from=head_from, architecture=architecture, name=str(spec), **kwargs
+    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageSet
 from siglip_dola.dola import apply_dola
+from siglip_dola.io import read_json_list
 from siglip_dola.zeroshot import ranking_scores
 
 __all__ = [
@@ -75,16 +75,7 @@ def _from_pairs(
 
 def _read_pairs(path: Path) -> list[tuple[str, str]]:
     if path.suffix.lower() == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
-        if not isinstance(rows, list):
-            raise ValueError(
-                f"{path}: expected a JSON list of {{'image': ..., 'caption': ...}} objects"
-            )
+        rows = read_json_list(path, "{'image': ..., 'caption': ...}")
         pairs = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or "image" not in row:

@@ -108,8 +108,12 @@ def _folder_kind(folder: Path) -> str:
     )
 
 
-HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-              "pytorch_model.bin.index.json")
+HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -161,8 +165,10 @@ def _hf_folder(source: ModelSource, converted_dir: Path | None, log) -> str:
         return str(target)
     if target.exists():
         raise FileExistsError(f"{target} exists but holds no finished conversion; remove it")
-    log(f"converting the DeepSeek-format checkpoint {source.location} to HF format in {target} "
-        f"(once; `siglip-dola janus-convert` does this ahead of time)")
+    log(
+        f"converting the DeepSeek-format checkpoint {source.location} to HF format in {target} "
+        f"(once; `siglip-dola janus-convert` does this ahead of time)"
+    )
     with quiet_transformers():
         convert_checkpoint(source.location, target)
     return str(target)
@@ -178,8 +184,11 @@ def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
 
     gen = generation_config
     extra = dict(getattr(gen, "generation_kwargs", None) or {})
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(
-        gen, "bos_token_id", None)
+    bos = (
+        tokenizer.bos_token_id
+        if tokenizer.bos_token_id is not None
+        else getattr(gen, "bos_token_id", None)
+    )
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = known(DEEPSEEK_PAD_TAG) or getattr(gen, "pad_token_id", None)

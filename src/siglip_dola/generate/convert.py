@@ -96,40 +96,66 @@ _RULES: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(r"^language_model\.lm_head\.(.+)$"), r"lm_head.\1"),
     (re.compile(r"^.*rotary_emb\.inv_freq$"), None),  # recomputed from the config
     (re.compile(rf"^{re.escape(VISION)}attn_pool\..+$"), None),
-    (re.compile(rf"^{re.escape(VISION)}patch_embed\.proj\.(.+)$"),
-     r"model.vision_model.embeddings.patch_embedding.\1"),
-    (re.compile(rf"^{re.escape(VISION)}pos_embed$"),
-     "model.vision_model.embeddings.position_embedding.weight"),
-    (re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.norm([12])\.(.+)$"),
-     r"model.vision_model.encoder.layers.\1.layer_norm\2.\3"),
-    (re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.qkv\.(.+)$"),
-     r"model.vision_model.encoder.layers.\1.self_attn.{q,k,v}_proj.\2"),
-    (re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.proj\.(.+)$"),
-     r"model.vision_model.encoder.layers.\1.self_attn.projection_layer.\2"),
-    (re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.(q_norm|k_norm)\.(.+)$"),
-     r"model.vision_model.encoder.layers.\1.self_attn.\2.\3"),
-    (re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.mlp\.(fc[12])\.(.+)$"),
-     r"model.vision_model.encoder.layers.\1.mlp.\2.\3"),
+    (
+        re.compile(rf"^{re.escape(VISION)}patch_embed\.proj\.(.+)$"),
+        r"model.vision_model.embeddings.patch_embedding.\1",
+    ),
+    (
+        re.compile(rf"^{re.escape(VISION)}pos_embed$"),
+        "model.vision_model.embeddings.position_embedding.weight",
+    ),
+    (
+        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.norm([12])\.(.+)$"),
+        r"model.vision_model.encoder.layers.\1.layer_norm\2.\3",
+    ),
+    (
+        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.qkv\.(.+)$"),
+        r"model.vision_model.encoder.layers.\1.self_attn.{q,k,v}_proj.\2",
+    ),
+    (
+        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.proj\.(.+)$"),
+        r"model.vision_model.encoder.layers.\1.self_attn.projection_layer.\2",
+    ),
+    (
+        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.(q_norm|k_norm)\.(.+)$"),
+        r"model.vision_model.encoder.layers.\1.self_attn.\2.\3",
+    ),
+    (
+        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.mlp\.(fc[12])\.(.+)$"),
+        r"model.vision_model.encoder.layers.\1.mlp.\2.\3",
+    ),
     (re.compile(rf"^{re.escape(VISION)}norm\.(.+)$"), r"model.vision_model.post_layernorm.\1"),
     (re.compile(r"^aligner\.layers\.0\.(.+)$"), r"model.aligner.fc1.\1"),
     (re.compile(r"^aligner\.layers\.(\d+)\.(.+)$"), r"model.aligner.hidden_layers.{half-1:\1}.\2"),
     (re.compile(r"^gen_aligner\.layers\.0\.(.+)$"), r"model.generation_aligner.fc1.\1"),
-    (re.compile(r"^gen_aligner\.layers\.(\d+)\.(.+)$"),
-     r"model.generation_aligner.hidden_layers.{half-1:\1}.\2"),
+    (
+        re.compile(r"^gen_aligner\.layers\.(\d+)\.(.+)$"),
+        r"model.generation_aligner.hidden_layers.{half-1:\1}.\2",
+    ),
     (re.compile(r"^gen_head\.output_mlp_projector\.(.+)$"), r"model.generation_head.proj_out.\1"),
     (re.compile(r"^gen_head\.vision_head\.(.+)$"), r"model.generation_head.vision_head.\1"),
     (re.compile(r"^gen_embed\.(.+)$"), r"model.generation_embeddings.\1"),
     (re.compile(r"^gen_vision_model\.quantize\.codebook_used$"), None),
-    (re.compile(r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.res\.(.+)$"),
-     r"model.vqmodel.encoder.down.\1.block.\2"),
-    (re.compile(r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.res\.(.+)$"),
-     r"model.vqmodel.decoder.up.\1.block.\2"),
-    (re.compile(r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.(attn|downsample)\.(.+)$"),
-     r"model.vqmodel.encoder.down.\1.\2.\3"),
-    (re.compile(r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.(attn|upsample)\.(.+)$"),
-     r"model.vqmodel.decoder.up.\1.\2.\3"),
-    (re.compile(r"^gen_vision_model\.(encoder|decoder)\.mid\.([012])\.(.+)$"),
-     r"model.vqmodel.\1.mid.{mid:\2}.\3"),
+    (
+        re.compile(r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.res\.(.+)$"),
+        r"model.vqmodel.encoder.down.\1.block.\2",
+    ),
+    (
+        re.compile(r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.res\.(.+)$"),
+        r"model.vqmodel.decoder.up.\1.block.\2",
+    ),
+    (
+        re.compile(r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.(attn|downsample)\.(.+)$"),
+        r"model.vqmodel.encoder.down.\1.\2.\3",
+    ),
+    (
+        re.compile(r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.(attn|upsample)\.(.+)$"),
+        r"model.vqmodel.decoder.up.\1.\2.\3",
+    ),
+    (
+        re.compile(r"^gen_vision_model\.(encoder|decoder)\.mid\.([012])\.(.+)$"),
+        r"model.vqmodel.\1.mid.{mid:\2}.\3",
+    ),
     (re.compile(r"^gen_vision_model\.(.+)$"), r"model.vqmodel.\1"),
 ]
 _MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}
@@ -415,7 +441,7 @@ _SOURCE_PREFIXES = (
 def _source_name(hf_key: str) -> str:
     for hf_prefix, source_prefix in _SOURCE_PREFIXES:
         if hf_key.startswith(hf_prefix):
-            return source_prefix + hf_key[len(hf_prefix):]
+            return source_prefix + hf_key[len(hf_prefix) :]
     return f"{hf_key} (transformers name)"
 
 
@@ -521,7 +547,7 @@ def _convert_shards(
         converted: dict[str, torch.Tensor] = {}
         for key, tensor in _load_shard(shard).items():
             if key.startswith(VISION + "attn_pool."):
-                aside[key[len(VISION):]] = tensor.contiguous().clone()
+                aside[key[len(VISION) :]] = tensor.contiguous().clone()
             for new, value in convert_tensors(key, tensor).items():
                 if dtype is not None and value.is_floating_point():
                     value = value.to(dtype)
@@ -567,8 +593,12 @@ def convert_checkpoint(
         _generation_config(plan.special).save_pretrained(work)
         for path in _tokenizer_files(plan.source):
             shutil.copy2(path, work / path.name)
-        marker = {"source": str(plan.source.resolve()), "source_format": DEEPSEEK_MODEL_TYPE,
-                  "shards": [p.name for p in plan.shards], "special_tokens": plan.special}
+        marker = {
+            "source": str(plan.source.resolve()),
+            "source_format": DEEPSEEK_MODEL_TYPE,
+            "shards": [p.name for p in plan.shards],
+            "special_tokens": plan.special,
+        }
         (work / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
         _replace_folder(work, destination)
     except BaseException:

@@ -175,8 +175,11 @@ def _check_selection(args: Any) -> bool:
         raise ValueError(f"--select must be one of {', '.join(SELECT_MODES)}, got {args.select!r}")
     scoring = args.select != "first"
     if not scoring:
-        for flag, value in (("--scorer", args.scorer), ("--negatives", args.negatives),
-                            ("--scorer-text", args.scorer_text)):
+        for flag, value in (
+            ("--scorer", args.scorer),
+            ("--negatives", args.negatives),
+            ("--scorer-text", args.scorer_text),
+        ):
             if value:
                 raise ValueError(f"{flag} only applies with --select siglip or --select dola")
         return False

@@ -323,8 +323,10 @@ def run_generation(opts: GenerateOptions, log=print) -> RunSummary:
     manifest.rebuild(opts.out, opts.prompts, skip=plan.todo)
     _forget(opts, plan.todo)
     if opts.select == "first" and opts.parallel_size > opts.per_prompt:
-        log(f"--select first: generating {opts.per_prompt} image(s) per prompt (the first "
-            f"candidates; --select siglip|dola chooses among all {opts.parallel_size})")
+        log(
+            f"--select first: generating {opts.per_prompt} image(s) per prompt (the first "
+            f"candidates; --select siglip|dola chooses among all {opts.parallel_size})"
+        )
     try:
         images, batch_size = _generate(opts, plan.todo, manifest, shard, log)
     finally:  # also on Ctrl-C: leave a sorted manifest of what is finished
@@ -340,7 +342,11 @@ def _generate(
     scorer = _load_scorer(opts)  # small, and its layer checks should fail before the 7B load
     log(f"loading {opts.source.label} ({opts.dtype}, {opts.device})")
     bundle = load_janus(
-        opts.source, opts.device, opts.torch_dtype, converted_dir=opts.converted_dir, log=log,
+        opts.source,
+        opts.device,
+        opts.torch_dtype,
+        converted_dir=opts.converted_dir,
+        log=log,
         progress=not opts.quiet,
     )
     ids = {i: encode_prompt(bundle.tokenizer, opts.prompts[i], bundle.special) for i in todo}
@@ -349,11 +355,11 @@ def _generate(
         bundle, rows_per_prompt, max(len(v) for v in ids.values())
     )
     images_written = 0
-    with tqdm(total=len(todo), unit="prompt", desc=f"generate{shard}",
-              disable=opts.quiet) as bar:
+    with tqdm(total=len(todo), unit="prompt", desc=f"generate{shard}", disable=opts.quiet) as bar:
         for batch in _batches(todo, batch_size):
-            seeds = {i: [candidate_seed(opts.seed, i, c) for c in range(opts.candidates)]
-                     for i in batch}
+            seeds = {
+                i: [candidate_seed(opts.seed, i, c) for c in range(opts.candidates)] for i in batch
+            }
             rows = [ImageRow(ids[i], s) for i in batch for s in seeds[i]]
             tokens = generate_image_tokens(bundle.model, rows, opts.sampling, bundle.special)
             for position, index in enumerate(batch):
@@ -361,8 +367,9 @@ def _generate(
                 images = decode_images(bundle.model, part)
                 scores: list[CandidateScore | None] = [None] * len(images)
                 if scorer is not None:
-                    scores = list(scorer.score(images, opts.prompts[index],
-                                               _negatives_for(opts, index)))
+                    scores = list(
+                        scorer.score(images, opts.prompts[index], _negatives_for(opts, index))
+                    )
                 record = _write_prompt(opts, index, images, seeds[index], scores)
                 manifest.append(record)
                 images_written += len(record["files"])

@@ -55,9 +55,15 @@ def parse_dtype(dtype: Any) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     aliases = {
-        "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-        "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp64": torch.float64,
         "float64": torch.float64,
     }
     name = str(dtype).lower().removeprefix("torch.")
@@ -133,11 +139,13 @@ def unwrap_state_dict(obj: Any, source: Path | str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{source} does not hold a state dict (a mapping of names to tensors)")
     if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
-def load_weights_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def load_weights_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
     """load_state_dict(strict=True) with an error that names the missing/unexpected keys."""
     expected = set(module.state_dict())
     missing = sorted(expected - set(state_dict))

@@ -42,7 +42,9 @@ def pooled_output(output: Any) -> torch.Tensor:
         return output
     pooled = getattr(output, "pooler_output", None)
     if pooled is None:
-        raise TypeError(f"expected a tensor or an output with pooler_output, got {type(output).__name__}")
+        raise TypeError(
+            f"expected a tensor or an output with pooler_output, got {type(output).__name__}"
+        )
     return pooled
 
 
@@ -68,7 +70,9 @@ def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _encoder_attention_mask(vision: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> Any:
+def _encoder_attention_mask(
+    vision: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None
+) -> Any:
     """The encoder mask exactly as the model's own forward builds it, in 4.x and 5.x."""
     if mask is None:
         return None
@@ -158,7 +162,9 @@ class HFSiglipReadout:
     def _inputs(self, batch: Batch) -> Batch:
         missing = [k for k in VISION_INPUTS[: 3 if self.naflex else 1] if k not in batch]
         if missing:
-            raise ValueError(f"{self.name}: the batch lacks {missing}; use this model's preprocess()")
+            raise ValueError(
+                f"{self.name}: the batch lacks {missing}; use this model's preprocess()"
+            )
         device, dtype = parameter_device_dtype(self.vision)
         return move_batch({k: batch[k] for k in VISION_INPUTS if k in batch}, device, dtype)
 
@@ -169,7 +175,9 @@ class HFSiglipReadout:
             return hidden, mask
         return self.vision.embeddings(batch["pixel_values"]), None
 
-    def _pool(self, hidden: torch.Tensor, patch_mask: torch.Tensor | None, repeats: int) -> torch.Tensor:
+    def _pool(
+        self, hidden: torch.Tensor, patch_mask: torch.Tensor | None, repeats: int
+    ) -> torch.Tensor:
         hidden = self.vision.post_layernorm(hidden)
         mask = None if patch_mask is None or not self.naflex else patch_mask.repeat(repeats, 1)
         if self.fused_head and mask is None:
@@ -211,7 +219,10 @@ class HFSiglipText:
         """Token ids [C, max_length]: padded to the context length as SigLIP was trained."""
         texts = [t.lower() for t in texts] if self.lower_case else list(texts)
         encoded = self.tokenizer(
-            texts, padding="max_length", max_length=self.max_length, truncation=True,
+            texts,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
             return_tensors="pt",
         )
         return encoded["input_ids"]

@@ -70,7 +70,7 @@ def read_janus_vision_weights(folder: Path | str) -> dict[str, torch.Tensor]:
             f"{folder} holds no {JANUS_VISION_PREFIX}* tensors: not a DeepSeek-format Janus "
             f"checkpoint (HF-format Janus models carry no SigLIP pooling head)"
         )
-    return {key[len(JANUS_VISION_PREFIX):]: value for key, value in weights.items()}
+    return {key[len(JANUS_VISION_PREFIX) :]: value for key, value in weights.items()}
 
 
 def _vision_shards(folder: Path) -> list[Path]:
@@ -99,8 +99,15 @@ def read_pooling_head(source: Path | str) -> dict[str, torch.Tensor]:
     """``attn_pool.*`` tensors from a timm / open_clip / Janus checkpoint file or folder."""
     path = Path(source)
     if path.is_dir():
-        candidates = [path / n for n in ("open_clip_model.safetensors", "model.safetensors",
-                                         "open_clip_pytorch_model.bin", "pytorch_model.bin")]
+        candidates = [
+            path / n
+            for n in (
+                "open_clip_model.safetensors",
+                "model.safetensors",
+                "open_clip_pytorch_model.bin",
+                "pytorch_model.bin",
+            )
+        ]
         found = [c for c in candidates if c.is_file()]
         if not found and _has_index(path):  # another Janus checkpoint
             tower = read_janus_vision_weights(path)
@@ -112,7 +119,7 @@ def read_pooling_head(source: Path | str) -> dict[str, torch.Tensor]:
         raise ValueError(f"pooling-head checkpoint {path} does not exist")
     state = load_state_dict_file(path, select=lambda key: HEAD_PREFIX in key)
     for prefix in HEAD_SOURCE_PREFIXES:
-        head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix + HEAD_PREFIX)}
+        head = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix + HEAD_PREFIX)}
         if head:
             return head
     return _no_head(path)
@@ -250,4 +257,3 @@ def _pad_to_square(image: Image.Image, colour: tuple[int, ...]) -> Image.Image:
     canvas = Image.new(image.mode, (side, side), colour)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
-

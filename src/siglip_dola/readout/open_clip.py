@@ -57,7 +57,9 @@ class OpenClipReadout(TimmViTReadout):
 class OpenClipText:
     """The text tower of an open_clip model with open_clip's own tokenizer for it."""
 
-    def __init__(self, clip_model: nn.Module, tokenizer: Callable[..., torch.Tensor], name: str) -> None:
+    def __init__(
+        self, clip_model: nn.Module, tokenizer: Callable[..., torch.Tensor], name: str
+    ) -> None:
         self.clip = clip_model.eval()
         self.tokenizer = tokenizer
         self.name = name

@@ -156,7 +156,9 @@ def _full_sequence(output: Any) -> torch.Tensor:
     # prefix tokens (timm >= 1.0 then returns the tensor alone); the head wants both.
     if isinstance(output, (tuple, list)):
         spatial, prefix = output
-        return spatial if prefix is None or prefix.shape[1] == 0 else torch.cat([prefix, spatial], 1)
+        return (
+            spatial if prefix is None or prefix.shape[1] == 0 else torch.cat([prefix, spatial], 1)
+        )
     return output
 
 
