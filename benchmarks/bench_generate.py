@@ -41,10 +41,18 @@ SIZES = {
     # 16x so that, as in Janus-Pro (where the 576-step language-model loop costs several
     # times the VQ decode), the token loop dominates; decoding is the same work on both sides.
     "tiny": dict(text=(128, 2, 4, 256, 1000), vq=(32, 32, 1, [1, 1]), grid=8, codebook=1024),
-    "janus-pro-1b": dict(text=(2048, 24, 16, 5632, 102400), vq=(128, 256, 2, [1, 1, 2, 2, 4]),
-                         grid=24, codebook=16384),
-    "janus-pro-7b": dict(text=(4096, 30, 32, 11008, 102400), vq=(128, 256, 2, [1, 1, 2, 2, 4]),
-                         grid=24, codebook=16384),
+    "janus-pro-1b": dict(
+        text=(2048, 24, 16, 5632, 102400),
+        vq=(128, 256, 2, [1, 1, 2, 2, 4]),
+        grid=24,
+        codebook=16384,
+    ),
+    "janus-pro-7b": dict(
+        text=(4096, 30, 32, 11008, 102400),
+        vq=(128, 256, 2, [1, 1, 2, 2, 4]),
+        grid=24,
+        codebook=16384,
+    ),
 }
 
 
@@ -63,23 +71,36 @@ def build_model(
     base, latent, res_blocks, multiplier = spec["vq"]
     grid = grid or spec["grid"]
     text = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=text_layers or layers,
-        num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=intermediate,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=text_layers or layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=intermediate,
         max_position_embeddings=4096,
     )
     tiny = size == "tiny"
     vision = JanusVisionConfig(
-        hidden_size=64 if tiny else 1024, num_hidden_layers=1 if tiny else 24,
-        num_attention_heads=2 if tiny else 16, image_size=16 * grid, patch_size=16,
-        projection_dim=hidden, num_image_tokens=grid * grid,
+        hidden_size=64 if tiny else 1024,
+        num_hidden_layers=1 if tiny else 24,
+        num_attention_heads=2 if tiny else 16,
+        image_size=16 * grid,
+        patch_size=16,
+        projection_dim=hidden,
+        num_image_tokens=grid * grid,
     )
     vq = JanusVQVAEConfig(
-        num_embeddings=spec["codebook"], base_channels=base, latent_channels=latent,
-        num_res_blocks=res_blocks, channel_multiplier=multiplier, projection_dim=hidden,
+        num_embeddings=spec["codebook"],
+        base_channels=base,
+        latent_channels=latent,
+        num_res_blocks=res_blocks,
+        channel_multiplier=multiplier,
+        projection_dim=hidden,
         image_token_embed_dim=hidden,
     )
-    config = JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
-                         tie_word_embeddings=False)
+    config = JanusConfig(
+        text_config=text, vision_config=vision, vq_config=vq, tie_word_embeddings=False
+    )
     from transformers import JanusForConditionalGeneration
 
     previous = torch.get_default_dtype()
@@ -118,10 +139,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    ap.add_argument("--text-layers", type=int, default=None,
-                    help="override the number of language-model layers (smaller GPUs)")
-    ap.add_argument("--grid", type=int, default=None,
-                    help="image tokens per side (default: 8 tiny, 24 Janus-Pro)")
+    ap.add_argument(
+        "--text-layers",
+        type=int,
+        default=None,
+        help="override the number of language-model layers (smaller GPUs)",
+    )
+    ap.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        help="image tokens per side (default: 8 tiny, 24 Janus-Pro)",
+    )
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--parallel-size", type=int, default=4)
     ap.add_argument("--batch-prompts", type=int, default=None, help="default: all prompts")
@@ -146,8 +175,11 @@ def main() -> None:
     def ours() -> None:
         for start in range(0, len(prompts), batch_prompts):
             part = prompts[start : start + batch_prompts]
-            rows = [ImageRow(p, candidate_seed(0, start + i, j))
-                    for i, p in enumerate(part) for j in range(k)]
+            rows = [
+                ImageRow(p, candidate_seed(0, start + i, j))
+                for i, p in enumerate(part)
+                for j in range(k)
+            ]
             tokens = generate_image_tokens(model, rows, config, SPECIAL)
             for i in range(len(part)):
                 decode_images(model, tokens[i * k : (i + 1) * k])
@@ -156,8 +188,15 @@ def main() -> None:
 
     def reference() -> None:
         for p in prompts:
-            tokens = reference_image_tokens(model, p, SPECIAL.pad, parallel_size=k,
-                                            cfg_weight=5.0, temperature=1.0, generator=generator)
+            tokens = reference_image_tokens(
+                model,
+                p,
+                SPECIAL.pad,
+                parallel_size=k,
+                cfg_weight=5.0,
+                temperature=1.0,
+                generator=generator,
+            )
             decode_images(model, tokens)
 
     weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -175,19 +214,24 @@ def main() -> None:
 
     ref_t, our_t = statistics.median(times["reference"]), statistics.median(times["ours"])
     grid = model.model.vqmodel.quantize.quant_state_dims
-    print(f"model: {args.size} (text layers {model.config.text_config.num_hidden_layers}), "
-          f"{args.dtype} on {device}; {args.prompts} prompts x {k} images, "
-          f"{grid[0] * grid[1]} tokens/image, CFG pairs, {args.repeats} alternating repeats")
-    print(f"reference loop (one prompt per call): {ref_t:8.3f} s  "
-          f"{images / ref_t:8.2f} images/s")
-    print(f"batched ({batch_prompts} prompts per batch):     {our_t:8.3f} s  "
-          f"{images / our_t:8.2f} images/s")
+    print(
+        f"model: {args.size} (text layers {model.config.text_config.num_hidden_layers}), "
+        f"{args.dtype} on {device}; {args.prompts} prompts x {k} images, "
+        f"{grid[0] * grid[1]} tokens/image, CFG pairs, {args.repeats} alternating repeats"
+    )
+    print(f"reference loop (one prompt per call): {ref_t:8.3f} s  {images / ref_t:8.2f} images/s")
+    print(
+        f"batched ({batch_prompts} prompts per batch):     {our_t:8.3f} s  "
+        f"{images / our_t:8.2f} images/s"
+    )
     print(f"ratio: {ref_t / our_t:.2f}x images/s (target >= 2x)")
     if peaks:
         for name, peak in peaks.items():
-            print(f"peak GPU memory above the weights, {name}: {peak / 2**30:.2f} GiB "
-                  f"({peak / 2**20 / (k if name == 'reference' else batch_prompts * k):.0f} "
-                  f"MiB per image in flight); weights {weights / 2**30:.2f} GiB")
+            print(
+                f"peak GPU memory above the weights, {name}: {peak / 2**30:.2f} GiB "
+                f"({peak / 2**20 / (k if name == 'reference' else batch_prompts * k):.0f} "
+                f"MiB per image in flight); weights {weights / 2**30:.2f} GiB"
+            )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,12 @@ def build_hf(device: torch.device, dtype: torch.dtype):
     from siglip_dola.readout.hf import HFSiglipReadout
 
     config = SiglipVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=384, patch_size=16,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=16,
     )
     model = SiglipVisionModel(config).eval()
     return HFSiglipReadout(model, name="hf:siglip-large-patch16-384 (random)").to(device, dtype)
@@ -48,8 +52,12 @@ def build_timm(device: torch.device, dtype: torch.dtype):
 
     from siglip_dola.readout.timm_vit import TimmViTReadout
 
-    model = timm.create_model("vit_large_patch16_siglip_384", pretrained=False, num_classes=0).eval()
-    return TimmViTReadout(model, name="timm:vit_large_patch16_siglip_384 (random)").to(device, dtype)
+    model = timm.create_model(
+        "vit_large_patch16_siglip_384", pretrained=False, num_classes=0
+    ).eval()
+    return TimmViTReadout(model, name="timm:vit_large_patch16_siglip_384 (random)").to(
+        device, dtype
+    )
 
 
 BUILDERS = {"hf": build_hf, "timm": build_timm}
@@ -57,7 +65,9 @@ BUILDERS = {"hf": build_hf, "timm": build_timm}
 
 def measure(readout, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     gen = torch.Generator().manual_seed(0)
-    batch = {"pixel_values": torch.randn(args.batch_size, 3, 384, 384, generator=gen).to(device, dtype)}
+    batch = {
+        "pixel_values": torch.randn(args.batch_size, 3, 384, 384, generator=gen).to(device, dtype)
+    }
     bank = torch.randn(args.classes, readout.embed_dim, generator=gen).to(device)
     candidates = tuple(args.candidates)
     tau = 0.01
@@ -89,12 +99,20 @@ def measure(readout, args: argparse.Namespace, device: torch.device, dtype: torc
                 fn()
                 times[name].append(time.perf_counter() - start)
     base, contrast = statistics.median(times["baseline"]), statistics.median(times["dola"])
-    return {"model": readout.name, "baseline_s": base, "dola_s": contrast, "ratio": contrast / base,
-            "baseline_runs_s": times["baseline"], "dola_runs_s": times["dola"]}
+    return {
+        "model": readout.name,
+        "baseline_s": base,
+        "dola_s": contrast,
+        "ratio": contrast / base,
+        "baseline_runs_s": times["baseline"],
+        "dola_runs_s": times["dola"],
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--adapters", default="hf,timm", help="comma-separated: hf, timm")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
@@ -111,22 +129,37 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"device={device} dtype={dtype} B={args.batch_size} C={args.classes} "
-          f"candidates={args.candidates} repeats={args.repeats} threads={torch.get_num_threads()} "
-          f"load_avg_1min={load:.2f}")
+    print(
+        f"device={device} dtype={dtype} B={args.batch_size} C={args.classes} "
+        f"candidates={args.candidates} repeats={args.repeats} threads={torch.get_num_threads()} "
+        f"load_avg_1min={load:.2f}"
+    )
     results = []
     for key in args.adapters.split(","):
         torch.manual_seed(0)
         readout = BUILDERS[key.strip()](device, dtype)
         result = measure(readout, args, device, dtype)
         results.append(result)
-        print(f"{key:>5}: baseline {result['baseline_s']:.3f} s   DoLa {result['dola_s']:.3f} s   "
-              f"ratio {result['ratio']:.3f}  (target <= 1.05)", flush=True)
+        print(
+            f"{key:>5}: baseline {result['baseline_s']:.3f} s   DoLa {result['dola_s']:.3f} s   "
+            f"ratio {result['ratio']:.3f}  (target <= 1.05)",
+            flush=True,
+        )
         del readout
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "dtype": str(dtype), "batch_size": args.batch_size,
-                       "classes": args.classes, "load_avg_1min": load, "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "device": str(device),
+                    "dtype": str(dtype),
+                    "batch_size": args.batch_size,
+                    "classes": args.classes,
+                    "load_avg_1min": load,
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

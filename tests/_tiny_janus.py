@@ -52,7 +52,9 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, show_progress=False,
+        vocab_size=300,
+        special_tokens=specials,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
@@ -61,7 +63,10 @@ def build_tokenizer():
         single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=SPECIALS["eos"], pad_token=SPECIALS["pad"],
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=SPECIALS["eos"],
+        pad_token=SPECIALS["pad"],
         additional_special_tokens=[SPECIALS["boi"], SPECIALS["eoi"], SPECIALS["image"]],
     )
 
@@ -76,22 +81,43 @@ def tiny_config(tokenizer, grid: int = GRID, text_layers: int = 2):
 
     ids = special_ids(tokenizer)
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=128,
-        num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=512, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],
     )
     vision = JanusVisionConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16 * grid,
-        patch_size=16, projection_dim=TEXT_HIDDEN, depth=2, num_image_tokens=grid * grid,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=16 * grid,
+        patch_size=16,
+        projection_dim=TEXT_HIDDEN,
+        depth=2,
+        num_image_tokens=grid * grid,
     )
     vq = JanusVQVAEConfig(
-        embed_dim=8, num_embeddings=CODEBOOK, latent_channels=32, base_channels=32,
-        channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=1, projection_dim=TEXT_HIDDEN,
-        image_token_embed_dim=TEXT_HIDDEN, num_hidden_layers=2,
+        embed_dim=8,
+        num_embeddings=CODEBOOK,
+        latent_channels=32,
+        base_channels=32,
+        channel_multiplier=[1, 1, 2, 2, 4],
+        num_res_blocks=1,
+        projection_dim=TEXT_HIDDEN,
+        image_token_embed_dim=TEXT_HIDDEN,
+        num_hidden_layers=2,
     )
     return JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids["image"],
+        text_config=text,
+        vision_config=vision,
+        vq_config=vq,
+        image_token_id=ids["image"],
         tie_word_embeddings=False,
     )
 
@@ -117,8 +143,12 @@ def spread_generation_weights(model) -> None:
     # that follow the prompt, so token-for-token comparisons mean something.
     generator = torch.Generator().manual_seed(7)
     inner = model.model
-    modules = [inner.language_model, inner.generation_head, inner.generation_aligner,
-               inner.generation_embeddings]
+    modules = [
+        inner.language_model,
+        inner.generation_head,
+        inner.generation_aligner,
+        inner.generation_embeddings,
+    ]
     with torch.no_grad():
         for module in modules:
             for param in module.parameters():
@@ -162,9 +192,9 @@ def deepseek_state_dict(model, attn_pool: bool = True) -> dict[str, torch.Tensor
         if key == "lm_head.weight":
             out["language_model.lm_head.weight"] = value
         elif key.startswith("model.language_model."):
-            out["language_model.model." + key[len("model.language_model."):]] = value
+            out["language_model.model." + key[len("model.language_model.") :]] = value
         elif key.startswith("model.vision_model."):
-            name = key[len("model.vision_model."):]
+            name = key[len("model.vision_model.") :]
             if name == "embeddings.patch_embedding.weight":
                 out[vt + "patch_embed.proj.weight"] = value
             elif name == "embeddings.patch_embedding.bias":
@@ -186,24 +216,24 @@ def deepseek_state_dict(model, attn_pool: bool = True) -> dict[str, torch.Tensor
                 elif rest[0] in ("q_proj", "k_proj", "v_proj"):
                     out[block + f"attn.{rest[0]}.{leaf}"] = value  # fused below
         elif key.startswith("model.aligner."):
-            name = key[len("model.aligner."):]
+            name = key[len("model.aligner.") :]
             if name.startswith("fc1."):
                 out["aligner.layers.0." + name[4:]] = value
             else:
                 _, j, leaf = name.split(".")
                 out[f"aligner.layers.{2 * (int(j) + 1)}.{leaf}"] = value
         elif key.startswith("model.generation_aligner."):
-            name = key[len("model.generation_aligner."):]
+            name = key[len("model.generation_aligner.") :]
             layer = "0" if name.startswith("fc1.") else "2"
             out[f"gen_aligner.layers.{layer}.{name.split('.')[-1]}"] = value
         elif key.startswith("model.generation_head."):
-            name = key[len("model.generation_head."):]
+            name = key[len("model.generation_head.") :]
             name = name.replace("proj_out.", "output_mlp_projector.")
             out["gen_head." + name] = value
         elif key.startswith("model.generation_embeddings."):
             out["gen_embed." + key.split(".")[-1]] = value
         elif key.startswith("model.vqmodel."):
-            out["gen_vision_model." + _deepseek_vq_name(key[len("model.vqmodel."):])] = value
+            out["gen_vision_model." + _deepseek_vq_name(key[len("model.vqmodel.") :])] = value
         else:
             raise AssertionError(f"unmapped HF key {key}")
     _fuse_qkv(out, vt)
@@ -230,38 +260,74 @@ def deepseek_config(model, vision_params: dict | None = None) -> dict:
     language = {
         k: getattr(text, k)
         for k in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
             "rms_norm_eps",
         )
     }
     language["model_type"] = "llama"
-    params = {"image_size": cfg.vision_config.image_size, "model_name": "siglip_tiny_test",
-              "select_feature": "same", "select_layer": -1,
-              "heads": cfg.vision_config.num_attention_heads}
+    params = {
+        "image_size": cfg.vision_config.image_size,
+        "model_name": "siglip_tiny_test",
+        "select_feature": "same",
+        "select_layer": -1,
+        "heads": cfg.vision_config.num_attention_heads,
+    }
     params.update(vision_params or {})
     return {
         "model_type": "multi_modality",
         "architectures": ["MultiModalityCausalLM"],
         "vision_config": {"cls": "CLIPVisionTower", "model_type": "vision", "params": params},
-        "aligner_config": {"cls": "MlpProjector", "model_type": "aligner", "params": {
-            "depth": cfg.vision_config.depth, "input_dim": cfg.vision_config.hidden_size,
-            "n_embed": cfg.vision_config.projection_dim, "projector_type": "mlp_gelu"}},
-        "gen_vision_config": {"cls": "VQ-16", "model_type": "gen_vision", "params": {
-            "image_token_size": vq.num_embeddings, "n_embed": vq.embed_dim}},
-        "gen_aligner_config": {"cls": "MlpProjector", "model_type": "gen_aligner", "params": {
-            "depth": vq.num_hidden_layers, "input_dim": vq.embed_dim,
-            "n_embed": vq.projection_dim, "projector_type": "mlp_gelu"}},
-        "gen_head_config": {"cls": "vision_head", "model_type": "gen_head", "params": {
-            "image_token_embed": vq.projection_dim, "image_token_size": vq.num_embeddings,
-            "n_embed": vq.image_token_embed_dim}},
+        "aligner_config": {
+            "cls": "MlpProjector",
+            "model_type": "aligner",
+            "params": {
+                "depth": cfg.vision_config.depth,
+                "input_dim": cfg.vision_config.hidden_size,
+                "n_embed": cfg.vision_config.projection_dim,
+                "projector_type": "mlp_gelu",
+            },
+        },
+        "gen_vision_config": {
+            "cls": "VQ-16",
+            "model_type": "gen_vision",
+            "params": {"image_token_size": vq.num_embeddings, "n_embed": vq.embed_dim},
+        },
+        "gen_aligner_config": {
+            "cls": "MlpProjector",
+            "model_type": "gen_aligner",
+            "params": {
+                "depth": vq.num_hidden_layers,
+                "input_dim": vq.embed_dim,
+                "n_embed": vq.projection_dim,
+                "projector_type": "mlp_gelu",
+            },
+        },
+        "gen_head_config": {
+            "cls": "vision_head",
+            "model_type": "gen_head",
+            "params": {
+                "image_token_embed": vq.projection_dim,
+                "image_token_size": vq.num_embeddings,
+                "n_embed": vq.image_token_embed_dim,
+            },
+        },
         "language_config": language,
         "torch_dtype": "float32",
     }
 
 
 def write_deepseek_layout(
-    model, tokenizer, folder: Path, shards: int = 3, attn_pool: bool = True,
+    model,
+    tokenizer,
+    folder: Path,
+    shards: int = 3,
+    attn_pool: bool = True,
     drop: tuple[str, ...] = (),
 ) -> Path:
     """Write ``model`` as a DeepSeek-format checkpoint: ``pytorch_model-0000i-of-0000n.bin``
@@ -295,17 +361,41 @@ def save_tiny_siglip(folder: Path, seed: int = 0) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES * 8), model_prefix=str(folder / "spm"), vocab_size=80,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-        character_coverage=1.0, minloglevel=2,
+        sentence_iterator=iter(SENTENCES * 8),
+        model_prefix=str(folder / "spm"),
+        vocab_size=80,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        minloglevel=2,
     )
     tokenizer = SiglipTokenizer(vocab_file=str(folder / "spm.model"), pad_token="<pad>")
     tokenizer.save_pretrained(folder)
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-                projection_size=32, pad_token_id=0, eos_token_id=1, bos_token_id=None)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                  num_attention_heads=2, patch_size=16, num_channels=3, image_size=32)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        projection_size=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        patch_size=16,
+        num_channels=3,
+        image_size=32,
+    )
     torch.manual_seed(seed)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
     model.save_pretrained(folder)
@@ -338,9 +428,19 @@ def write_prompts(path: Path, prompts: list) -> Path:
 def generate_argv(prompts: Path, out: Path, model: Path | None = None, *extra: str) -> list[str]:
     """``siglip-dola generate`` arguments for a quiet float32 CPU run on the tiny model."""
     return [
-        "generate", "--json", str(prompts), "--out", str(out),
-        "--model", str(model or tiny_janus_dir()), "--dtype", "float32", "--device", "cpu",
-        "--quiet", *extra,
+        "generate",
+        "--json",
+        str(prompts),
+        "--out",
+        str(out),
+        "--model",
+        str(model or tiny_janus_dir()),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
     ]
 
 

@@ -24,8 +24,12 @@ IMAGE = 32
 PATCH = 8
 TIMM_TINY = "siglip_dola_test_vit"  # registered below for open_clip configs
 SENTENCES = [
-    "a photo of a cat.", "a photo of a dog.", "a blurry photo of a red car.",
-    "the sandal on the floor", "an ankle boot and a bag", "a black and white photo of a coat",
+    "a photo of a cat.",
+    "a photo of a dog.",
+    "a blurry photo of a red car.",
+    "the sandal on the floor",
+    "an ankle boot and a bag",
+    "a black and white photo of a coat",
 ]
 
 
@@ -48,8 +52,10 @@ def count_calls(modules: Sequence[nn.Module]) -> Iterator[list[int]]:
     counts = [0] * len(modules)
     handles = []
     for i, module in enumerate(modules):
+
         def hook(_module, _args, _output, i=i):
             counts[i] += 1
+
         handles.append(module.register_forward_hook(hook))
     try:
         yield counts
@@ -64,8 +70,10 @@ def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tensor]
     outputs: list = [None] * len(modules)
     handles = []
     for i, module in enumerate(modules):
+
         def hook(_module, _args, output, i=i):
             outputs[i] = (output[0] if isinstance(output, tuple) else output).detach().clone()
+
         handles.append(module.register_forward_hook(hook))
     try:
         yield outputs
@@ -84,9 +92,17 @@ def save_sentencepiece_tokenizer(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES * 8), model_prefix=str(folder / "spm"), vocab_size=60,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-        character_coverage=1.0, minloglevel=2,
+        sentence_iterator=iter(SENTENCES * 8),
+        model_prefix=str(folder / "spm"),
+        vocab_size=60,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        minloglevel=2,
     )
     tokenizer = SiglipTokenizer(vocab_file=str(folder / "spm.model"), pad_token="<pad>")
     tokenizer.save_pretrained(folder)
@@ -100,13 +116,24 @@ def hf_config(version: int, vocab_size: int, text_length: int = 16):
     from transformers import Siglip2Config, SiglipConfig
 
     text = dict(
-        vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
-        num_attention_heads=HEADS, max_position_embeddings=text_length, projection_size=WIDTH,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        max_position_embeddings=text_length,
+        projection_size=WIDTH,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
     )
     vision = dict(
-        hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=DEPTH,
-        num_attention_heads=HEADS, patch_size=PATCH, num_channels=3,
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        patch_size=PATCH,
+        num_channels=3,
     )
     if version == 1:
         return SiglipConfig(text_config=text, vision_config=dict(vision, image_size=IMAGE))
@@ -158,7 +185,9 @@ def tiny_timm_kwargs() -> dict:
     return dict(embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, img_size=IMAGE, patch_size=PATCH)
 
 
-def tiny_timm_vit(arch: str = "vit_base_patch16_siglip_224", seed: int = 0, **overrides) -> nn.Module:
+def tiny_timm_vit(
+    arch: str = "vit_base_patch16_siglip_224", seed: int = 0, **overrides
+) -> nn.Module:
     import timm
 
     torch.manual_seed(seed)
@@ -194,7 +223,9 @@ def _register_tiny_timm() -> None:
         args = dict(tiny_timm_kwargs(), class_token=False, global_pool="map")
         model = VisionTransformer(**{**args, **kwargs})
         model.pretrained_cfg = model.default_cfg = {
-            "input_size": (3, IMAGE, IMAGE), "mean": (0.5,) * 3, "std": (0.5,) * 3,
+            "input_size": (3, IMAGE, IMAGE),
+            "mean": (0.5,) * 3,
+            "std": (0.5,) * 3,
         }
         return model
 
@@ -215,13 +246,23 @@ def save_open_clip_config(folder: Path, tokenizer_dir: Path, proj: str = "none")
         "init_logit_bias": -10,
         "custom_text": True,
         "vision_cfg": {
-            "image_size": IMAGE, "timm_model_name": TIMM_TINY, "timm_model_pretrained": False,
-            "timm_pool": "map", "timm_proj": proj,
+            "image_size": IMAGE,
+            "timm_model_name": TIMM_TINY,
+            "timm_model_pretrained": False,
+            "timm_pool": "map",
+            "timm_proj": proj,
         },
         "text_cfg": {
-            "context_length": 16, "vocab_size": vocab, "hf_tokenizer_name": str(tokenizer_dir),
-            "tokenizer_kwargs": {"clean": "canonicalize"}, "width": WIDTH, "heads": HEADS,
-            "layers": 2, "no_causal_mask": True, "proj_bias": True, "pool_type": "last",
+            "context_length": 16,
+            "vocab_size": vocab,
+            "hf_tokenizer_name": str(tokenizer_dir),
+            "tokenizer_kwargs": {"clean": "canonicalize"},
+            "width": WIDTH,
+            "heads": HEADS,
+            "layers": 2,
+            "no_causal_mask": True,
+            "proj_bias": True,
+            "pool_type": "last",
             "norm_kwargs": {"eps": 1e-6},
         },
     }
@@ -261,8 +302,14 @@ def save_janus_checkpoint(
     }
     keys = sorted(vision)
     shards = [
-        dict({k: vision[k] for k in keys[: len(keys) // 2]}, **{k: others[k] for k in list(others)[:2]}),
-        dict({k: vision[k] for k in keys[len(keys) // 2:]}, **{k: others[k] for k in list(others)[2:]}),
+        dict(
+            {k: vision[k] for k in keys[: len(keys) // 2]},
+            **{k: others[k] for k in list(others)[:2]},
+        ),
+        dict(
+            {k: vision[k] for k in keys[len(keys) // 2 :]},
+            **{k: others[k] for k in list(others)[2:]},
+        ),
     ]
     suffix = "safetensors" if fmt == "safetensors" else "bin"
     prefix = "model" if fmt == "safetensors" else "pytorch_model"
@@ -306,7 +353,9 @@ class JanusStyleViT(nn.Module):
                 outputs.append(x)
         return outputs
 
-    def get_intermediate_layers(self, x, n=1, reshape=False, return_prefix_tokens=False, norm=False):
+    def get_intermediate_layers(
+        self, x, n=1, reshape=False, return_prefix_tokens=False, norm=False
+    ):
         outputs = self._intermediate_layers(x, n)
         if norm:
             outputs = [self.norm(out) for out in outputs]

@@ -36,17 +36,22 @@ def _seed_reference(vit, images, bank, alpha, tau, candidates):
     """The seeds' recipe, step by step: per-layer z, build_probs_from_rep, DoLa on q's."""
     with capture_outputs(list(vit.blocks)) as hidden, torch.no_grad():
         vit(images)
-        z = {layer: vit.forward_head(vit.norm(hidden[layer - 1]), pre_logits=True)
-             for layer in (*candidates, DEPTH)}
+        z = {
+            layer: vit.forward_head(vit.norm(hidden[layer - 1]), pre_logits=True)
+            for layer in (*candidates, DEPTH)
+        }
     q_final = build_probs_from_rep(z[DEPTH], bank, tau)
-    return dola_from_distributions(q_final, [build_probs_from_rep(z[c], bank, tau) for c in candidates],
-                                   alpha)
+    return dola_from_distributions(
+        q_final, [build_probs_from_rep(z[c], bank, tau) for c in candidates], alpha
+    )
 
 
 @pytest.mark.parametrize("candidates", [(1, 2, 3), (3, 1), (2,)])
 @pytest.mark.parametrize("alpha, tau", [(0.1, 1.0), (0.0, 2.0), (0.5, 0.7)])
 def test_matches_the_seed_recipe(vit, images, bank, candidates, alpha, tau):
-    p_hat, m_idx = rerank_with_dola_siglip(vit, images, bank, alpha=alpha, tau=tau, candidate_layers=candidates)
+    p_hat, m_idx = rerank_with_dola_siglip(
+        vit, images, bank, alpha=alpha, tau=tau, candidate_layers=candidates
+    )
     want_p, want_m = _seed_reference(vit, images, bank, alpha, tau, candidates)
     torch.testing.assert_close(p_hat, want_p, atol=1e-5, rtol=0)
     assert torch.equal(m_idx, want_m)
@@ -80,7 +85,9 @@ def test_default_candidates_on_a_24_layer_vit(images, bank):
 
 
 def test_janus_style_vit(vit, images, bank):
-    p_janus, m_janus = rerank_with_dola_siglip(JanusStyleViT(vit), images, bank, candidate_layers=(1, 2))
+    p_janus, m_janus = rerank_with_dola_siglip(
+        JanusStyleViT(vit), images, bank, candidate_layers=(1, 2)
+    )
     p_timm, m_timm = rerank_with_dola_siglip(vit, images, bank, candidate_layers=(1, 2))
     torch.testing.assert_close(p_janus, p_timm, atol=1e-6, rtol=0)
     assert torch.equal(m_janus, m_timm)

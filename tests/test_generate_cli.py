@@ -59,8 +59,10 @@ def test_layout_and_manifest(reference):
         folder = out / expected_dirs[index]
         assert record["prompt"] == PROMPTS[index]
         assert (folder / "prompt.txt").read_text(encoding="utf-8") == PROMPTS[index] + "\n"
-        assert record["files"] == [f"{expected_dirs[index]}/img_00.jpg",
-                                   f"{expected_dirs[index]}/img_01.jpg"]
+        assert record["files"] == [
+            f"{expected_dirs[index]}/img_00.jpg",
+            f"{expected_dirs[index]}/img_01.jpg",
+        ]
         assert json.loads((folder / "record.json").read_text()) == record
         assert record["seed"] == 0
         assert [c["seed"] for c in record["candidates"]] == [
@@ -120,8 +122,9 @@ def test_changed_settings_need_overwrite(reference, prompts_file, tmp_path, caps
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
     capsys.readouterr()
-    argv = generate_argv(prompts_file, out, None, "--parallel-size", "3", "--per-prompt", "1",
-                         "--cfg-weight", "3")
+    argv = generate_argv(
+        prompts_file, out, None, "--parallel-size", "3", "--per-prompt", "1", "--cfg-weight", "3"
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--overwrite" in err[0] and "prompt_0000" in err[0]
@@ -176,12 +179,18 @@ def test_ctrl_c_on_a_real_process(tmp_path):
     """SIGINT to a running `python -m siglip_dola generate`: exit 130, whole files only."""
     prompts = write_prompts(tmp_path / "p.json", [f"{SENTENCES[0]} number {i}" for i in range(60)])
     out = tmp_path / "out"
-    argv = generate_argv(prompts, out, tiny_janus_dir(), "--parallel-size", "1",
-                         "--batch-prompts", "1")
+    argv = generate_argv(
+        prompts, out, tiny_janus_dir(), "--parallel-size", "1", "--batch-prompts", "1"
+    )
     src = str(Path(__file__).resolve().parent.parent / "src")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=src)
-    proc = subprocess.Popen([sys.executable, "-m", "siglip_dola", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "siglip_dola", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while not (out / "prompt_0002" / "record.json").exists():

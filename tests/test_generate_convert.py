@@ -61,13 +61,19 @@ def converted(deepseek_dir, tmp_path_factory):
 @pytest.mark.parametrize(
     ("deepseek", "hf"),
     [
-        ("language_model.model.layers.3.self_attn.q_proj.weight",
-         "model.language_model.layers.3.self_attn.q_proj.weight"),
+        (
+            "language_model.model.layers.3.self_attn.q_proj.weight",
+            "model.language_model.layers.3.self_attn.q_proj.weight",
+        ),
         ("language_model.lm_head.weight", "lm_head.weight"),
-        ("vision_model.vision_tower.blocks.7.attn.proj.bias",
-         "model.vision_model.encoder.layers.7.self_attn.projection_layer.bias"),
-        ("vision_model.vision_tower.blocks.0.norm2.weight",
-         "model.vision_model.encoder.layers.0.layer_norm2.weight"),
+        (
+            "vision_model.vision_tower.blocks.7.attn.proj.bias",
+            "model.vision_model.encoder.layers.7.self_attn.projection_layer.bias",
+        ),
+        (
+            "vision_model.vision_tower.blocks.0.norm2.weight",
+            "model.vision_model.encoder.layers.0.layer_norm2.weight",
+        ),
         ("vision_model.vision_tower.norm.bias", "model.vision_model.post_layernorm.bias"),
         ("aligner.layers.0.weight", "model.aligner.fc1.weight"),
         ("aligner.layers.2.bias", "model.aligner.hidden_layers.0.bias"),
@@ -75,14 +81,22 @@ def converted(deepseek_dir, tmp_path_factory):
         ("gen_aligner.layers.2.weight", "model.generation_aligner.hidden_layers.0.weight"),
         ("gen_head.output_mlp_projector.weight", "model.generation_head.proj_out.weight"),
         ("gen_embed.weight", "model.generation_embeddings.weight"),
-        ("gen_vision_model.encoder.conv_blocks.2.res.1.norm1.weight",
-         "model.vqmodel.encoder.down.2.block.1.norm1.weight"),
-        ("gen_vision_model.decoder.conv_blocks.0.attn.2.q.weight",
-         "model.vqmodel.decoder.up.0.attn.2.q.weight"),
-        ("gen_vision_model.decoder.conv_blocks.3.upsample.conv.bias",
-         "model.vqmodel.decoder.up.3.upsample.conv.bias"),
-        ("gen_vision_model.encoder.mid.1.proj_out.weight",
-         "model.vqmodel.encoder.mid.attn_1.proj_out.weight"),
+        (
+            "gen_vision_model.encoder.conv_blocks.2.res.1.norm1.weight",
+            "model.vqmodel.encoder.down.2.block.1.norm1.weight",
+        ),
+        (
+            "gen_vision_model.decoder.conv_blocks.0.attn.2.q.weight",
+            "model.vqmodel.decoder.up.0.attn.2.q.weight",
+        ),
+        (
+            "gen_vision_model.decoder.conv_blocks.3.upsample.conv.bias",
+            "model.vqmodel.decoder.up.3.upsample.conv.bias",
+        ),
+        (
+            "gen_vision_model.encoder.mid.1.proj_out.weight",
+            "model.vqmodel.encoder.mid.attn_1.proj_out.weight",
+        ),
         ("gen_vision_model.quantize.embedding.weight", "model.vqmodel.quantize.embedding.weight"),
         ("gen_vision_model.quantize.codebook_used", None),
         ("vision_model.vision_tower.attn_pool.latent", None),
@@ -156,10 +170,8 @@ def test_conversion_writes_safetensors_shards_index_and_pooling_head(
     assert (gen["pad_token_id"], gen["bos_token_id"]) == (ids["pad"], ids["bos"])
     pool = load_file(str(out / ATTN_POOL_FILE))
     source = torch.load(deepseek_dir / "pytorch_model-00001-of-00003.bin", weights_only=True)
-    source.update(torch.load(deepseek_dir / "pytorch_model-00002-of-00003.bin",
-                             weights_only=True))
-    source.update(torch.load(deepseek_dir / "pytorch_model-00003-of-00003.bin",
-                             weights_only=True))
+    source.update(torch.load(deepseek_dir / "pytorch_model-00002-of-00003.bin", weights_only=True))
+    source.update(torch.load(deepseek_dir / "pytorch_model-00003-of-00003.bin", weights_only=True))
     assert set(pool) == {"attn_pool.latent", "attn_pool.q.weight"}
     latent = source["vision_model.vision_tower.attn_pool.latent"]
     assert torch.equal(pool["attn_pool.latent"], latent)
@@ -201,8 +213,20 @@ def test_janus_convert_command(deepseek_dir, tmp_path, capsys):
     assert main(["janus-convert", str(deepseek_dir), str(dst), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists" in err[0] and "--overwrite" in err[0]
-    assert main(["janus-convert", str(deepseek_dir), str(dst), "--overwrite", "--quiet",
-                 "--dtype", "bfloat16"]) == 0
+    assert (
+        main(
+            [
+                "janus-convert",
+                str(deepseek_dir),
+                str(dst),
+                "--overwrite",
+                "--quiet",
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     weights = load_file(str(next(dst.glob("model-*.safetensors"))))
     assert all(t.dtype == torch.bfloat16 for t in weights.values() if t.is_floating_point())
     assert not list(tmp_path.glob(".hf.*"))  # no temporary folders left behind
@@ -216,8 +240,14 @@ def test_generate_from_a_deepseek_folder_equals_the_hf_folder(tmp_path):
     prompts = write_prompts(tmp_path / "p.json", SENTENCES[:2])
     args = ("--parallel-size", "2", "--per-prompt", "2")
     assert main(generate_argv(prompts, tmp_path / "a", hf_dir, *args)) == 0
-    assert main(generate_argv(prompts, tmp_path / "b", ds_dir, *args,
-                              "--converted-dir", str(tmp_path / "conv"))) == 0
+    assert (
+        main(
+            generate_argv(
+                prompts, tmp_path / "b", ds_dir, *args, "--converted-dir", str(tmp_path / "conv")
+            )
+        )
+        == 0
+    )
     assert (tmp_path / "conv" / "janus_conversion.json").is_file()
     a, b = output_files(tmp_path / "a"), output_files(tmp_path / "b")
     images = [k for k in a if k.endswith(".jpg")]

@@ -39,8 +39,12 @@ def janus():
 def hf_generate(model, ids: torch.Tensor, mask: torch.Tensor, cfg: float = 5.0) -> torch.Tensor:
     # top_k=0 switches off transformers' global default of 50 (SPEC section 9).
     return model.generate(
-        ids, attention_mask=mask, generation_mode="image", do_sample=False,
-        guidance_scale=cfg, top_k=0,
+        ids,
+        attention_mask=mask,
+        generation_mode="image",
+        do_sample=False,
+        guidance_scale=cfg,
+        top_k=0,
     )
 
 
@@ -105,8 +109,9 @@ def test_top_k_and_greedy():
     assert set(pick_tokens(logits, u, SamplingConfig(temperature=0)).tolist()) == {1}
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_k=-2),
-                                 dict(cfg_weight=float("nan"))])
+@pytest.mark.parametrize(
+    "bad", [dict(temperature=-1.0), dict(top_k=-2), dict(cfg_weight=float("nan"))]
+)
 def test_sampling_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         SamplingConfig(**bad)
@@ -133,14 +138,16 @@ def test_decode_loop_equals_transformers_generate_greedy(janus):
 def test_decode_loop_equals_deepseek_reference_loop_greedy(janus):
     model, special, prompts = janus
     for ids in prompts[:2]:
-        expected = reference_image_tokens(model, ids, special.pad, parallel_size=2,
-                                          cfg_weight=5.0, temperature=0)
+        expected = reference_image_tokens(
+            model, ids, special.pad, parallel_size=2, cfg_weight=5.0, temperature=0
+        )
         ours = generate_image_tokens(model, [ImageRow(ids, 0), ImageRow(ids, 1)], GREEDY, special)
         assert torch.equal(ours, expected)
 
 
-@pytest.mark.parametrize("config", [GREEDY, SamplingConfig(cfg_weight=3.0, top_k=1)],
-                         ids=["temperature0", "top_k1"])
+@pytest.mark.parametrize(
+    "config", [GREEDY, SamplingConfig(cfg_weight=3.0, top_k=1)], ids=["temperature0", "top_k1"]
+)
 def test_batched_greedy_equals_one_prompt_at_a_time(janus, config):
     model, special, prompts = janus
     rows = [ImageRow(p, 11 * i) for i, p in enumerate(prompts)]

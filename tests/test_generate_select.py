@@ -60,8 +60,9 @@ def test_scores_match_an_independent_siglip_computation(scorer_model):
     texts = scorer.classes(PROMPTS[1], PROMPTS)
     batch = scorer_model.vision.preprocess([Image.fromarray(a) for a in images])
     with torch.no_grad():
-        ids = tokenizer(texts, padding="max_length", max_length=16, truncation=True,
-                        return_tensors="pt")
+        ids = tokenizer(
+            texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt"
+        )
         features = model.get_text_features(input_ids=ids.input_ids)
         features = getattr(features, "pooler_output", features)  # 5.x object, 4.x tensor
         text = torch.nn.functional.normalize(features, dim=-1)
@@ -102,12 +103,34 @@ def test_scorer_rejects_bad_settings(scorer_model):
 def test_cli_keeps_the_best_candidates(tmp_path, mode):
     prompts = write_prompts(tmp_path / "p.json", PROMPTS)
     # every candidate, in generation order
-    assert main(generate_argv(prompts, tmp_path / "all", None,
-                              "--parallel-size", "4", "--per-prompt", "4")) == 0
+    assert (
+        main(
+            generate_argv(
+                prompts, tmp_path / "all", None, "--parallel-size", "4", "--per-prompt", "4"
+            )
+        )
+        == 0
+    )
     candidates = output_files(tmp_path / "all")
     out = tmp_path / mode
-    assert main(generate_argv(prompts, out, None, "--parallel-size", "4", "--per-prompt", "2",
-                              "--select", mode, "--scorer", f"hf:{tiny_siglip_dir()}")) == 0
+    assert (
+        main(
+            generate_argv(
+                prompts,
+                out,
+                None,
+                "--parallel-size",
+                "4",
+                "--per-prompt",
+                "2",
+                "--select",
+                mode,
+                "--scorer",
+                f"hf:{tiny_siglip_dir()}",
+            )
+        )
+        == 0
+    )
     kept = output_files(out)
     for record in read_manifest(out):
         scores = [CandidateScore(**c["scores"]) for c in record["candidates"]]
@@ -117,9 +140,10 @@ def test_cli_keeps_the_best_candidates(tmp_path, mode):
         for slot, candidate in enumerate(best):
             folder = record["dir"]
             # the kept image is that candidate's image, byte for byte
-            assert kept[f"{folder}/img_{slot:02d}.jpg"] == candidates[
-                f"{folder}/img_{candidate:02d}.jpg"
-            ]
+            assert (
+                kept[f"{folder}/img_{slot:02d}.jpg"]
+                == candidates[f"{folder}/img_{candidate:02d}.jpg"]
+            )
         assert record["settings"]["select"] == mode
 
 
@@ -128,9 +152,24 @@ def test_cli_negatives_file_sets_the_candidate_classes(tmp_path):
     negatives = tmp_path / "neg.txt"
     negatives.write_text("two dogs running on the beach\n\nan astronaut riding a horse\n")
     out = tmp_path / "out"
-    assert main(generate_argv(prompts, out, None, "--parallel-size", "2", "--select", "siglip",
-                              "--scorer", f"hf:{tiny_siglip_dir()}",
-                              "--negatives", str(negatives))) == 0
+    assert (
+        main(
+            generate_argv(
+                prompts,
+                out,
+                None,
+                "--parallel-size",
+                "2",
+                "--select",
+                "siglip",
+                "--scorer",
+                f"hf:{tiny_siglip_dir()}",
+                "--negatives",
+                str(negatives),
+            )
+        )
+        == 0
+    )
     record = read_manifest(out)[0]
     assert record["settings"]["negatives_sha1"] is not None
     # three classes: p < 1; without negatives a lone prompt would score p == 1

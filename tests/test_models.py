@@ -42,8 +42,14 @@ def timm_file(tmp_path_factory):
     [
         ("hf:google/siglip-base-patch16-224", ModelSpec("hf", "google/siglip-base-patch16-224")),
         ("open_clip:ViT-B-16-SigLIP:webli", ModelSpec("open_clip", "ViT-B-16-SigLIP", "webli")),
-        ("open_clip:hf-hub:timm/ViT-B-16-SigLIP", ModelSpec("open_clip", "hf-hub:timm/ViT-B-16-SigLIP")),
-        ("open_clip:/m/c.json:/m/w.safetensors", ModelSpec("open_clip", "/m/c.json", "/m/w.safetensors")),
+        (
+            "open_clip:hf-hub:timm/ViT-B-16-SigLIP",
+            ModelSpec("open_clip", "hf-hub:timm/ViT-B-16-SigLIP"),
+        ),
+        (
+            "open_clip:/m/c.json:/m/w.safetensors",
+            ModelSpec("open_clip", "/m/c.json", "/m/w.safetensors"),
+        ),
         ("timm:vit_large_patch16_siglip_384", ModelSpec("timm", "vit_large_patch16_siglip_384")),
         ("timm:vit_x:/w.pth", ModelSpec("timm", "vit_x", "/w.pth")),
         ("janus:/ckpt/Janus-Pro-7B", ModelSpec("janus", "/ckpt/Janus-Pro-7B")),
@@ -54,12 +60,22 @@ def test_parse_spec(spec, expected):
 
 
 def test_unknown_scheme_names_it_and_the_expected_ones():
-    with pytest.raises(ValueError, match=r"unknown model scheme 'clip'.*hf:.*open_clip:.*timm:.*janus:"):
+    with pytest.raises(
+        ValueError, match=r"unknown model scheme 'clip'.*hf:.*open_clip:.*timm:.*janus:"
+    ):
         load_model("clip:ViT-B-32")
 
 
-@pytest.mark.parametrize("spec", ["/no/such/model", "hf:/no/such/dir", "timm:/no/such/file.pth",
-                                  "janus:/no/such/ckpt", "open_clip:/no/such/config.json"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "/no/such/model",
+        "hf:/no/such/dir",
+        "timm:/no/such/file.pth",
+        "janus:/no/such/ckpt",
+        "open_clip:/no/such/config.json",
+    ],
+)
 def test_missing_path(spec):
     with pytest.raises(ValueError, match="does not exist"):
         load_model(spec)
@@ -102,11 +118,16 @@ def test_loaded_model_satisfies_the_interface(hf_dir):
     assert isinstance(loaded.vision, VisionReadout) and isinstance(loaded.text, TextEncoder)
     assert loaded.vision.depth == 4 and loaded.vision.embed_dim == loaded.text.embed_dim == WIDTH
     assert loaded.tau == pytest.approx(1 / torch.tensor(loaded.logit_scale).exp().item())
-    assert len(loaded.vision.fingerprint) == 16 and loaded.vision.fingerprint != loaded.text.fingerprint
+    assert (
+        len(loaded.vision.fingerprint) == 16
+        and loaded.vision.fingerprint != loaded.text.fingerprint
+    )
 
 
 def test_vision_only_model_takes_a_text_tower(hf_dir, timm_file):
-    loaded = load_model(f"timm:{ARCH}:{timm_file}", text_spec=f"hf:{hf_dir}", model_kwargs=tiny_timm_kwargs())
+    loaded = load_model(
+        f"timm:{ARCH}:{timm_file}", text_spec=f"hf:{hf_dir}", model_kwargs=tiny_timm_kwargs()
+    )
     assert loaded.text is not None and loaded.logit_scale is not None
     batch = loaded.vision.preprocess(random_images(2))
     z = loaded.vision.forward_layers(batch, [1]).final
@@ -126,8 +147,11 @@ def test_embedding_size_mismatch(hf_dir, tmp_path):
 
 def test_text_spec_without_text_tower(timm_file):
     with pytest.raises(ValueError, match="has no text tower"):
-        load_model(f"timm:{ARCH}:{timm_file}", text_spec=f"timm:{ARCH}:{timm_file}",
-                   model_kwargs=tiny_timm_kwargs())
+        load_model(
+            f"timm:{ARCH}:{timm_file}",
+            text_spec=f"timm:{ARCH}:{timm_file}",
+            model_kwargs=tiny_timm_kwargs(),
+        )
 
 
 def test_head_from_only_for_janus(hf_dir, timm_file):

@@ -79,7 +79,11 @@ def test_every_layer_equals_head_of_norm_of_block_output(saved, loaded, referenc
         expected = []
         for h in hidden:
             normed = vision.post_layernorm(h)
-            pooled = vision.head(normed, batch["pixel_attention_mask"]) if version == 2 else vision.head(normed)
+            pooled = (
+                vision.head(normed, batch["pixel_attention_mask"])
+                if version == 2
+                else vision.head(normed)
+            )
             expected.append(pooled)
     readout = loaded.vision.forward_layers(batch, range(1, DEPTH + 1))
     assert readout.layers == tuple(range(1, DEPTH + 1))
@@ -108,8 +112,13 @@ def test_text_embeddings_equal_library(saved, loaded, reference):
     model, _ = reference
     texts = ["a photo of a cat.", "A Blurry Photo of a RED car", "sandal"]
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    ids = tokenizer([t.lower() for t in texts], padding="max_length", max_length=16,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        [t.lower() for t in texts],
+        padding="max_length",
+        max_length=16,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     with torch.no_grad():
         own = pooled_output(model.get_text_features(input_ids=ids))
     got = loaded.text.encode_text(texts)

@@ -35,7 +35,9 @@ def tower():
 
 @pytest.fixture(scope="module", params=["safetensors", "bin"])
 def folder(request, tower, tmp_path_factory):
-    return save_janus_checkpoint(tmp_path_factory.mktemp(f"janus_{request.param}"), tower, request.param)
+    return save_janus_checkpoint(
+        tmp_path_factory.mktemp(f"janus_{request.param}"), tower, request.param
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +88,33 @@ def test_shards_without_vision_keys_are_never_opened(tower, tmp_path, pixels):
     index = json.loads(index_path.read_text())
     # A language-model shard that cannot even be parsed: opening it would fail.
     (folder / "model-00003-of-00003.safetensors").write_bytes(b"not a checkpoint")
-    index["weight_map"]["language_model.model.layers.0.mlp.up_proj.weight"] = "model-00003-of-00003.safetensors"
+    index["weight_map"]["language_model.model.layers.0.mlp.up_proj.weight"] = (
+        "model-00003-of-00003.safetensors"
+    )
     index_path.write_text(json.dumps(index))
     loaded = load_model(f"janus:{folder}", model_kwargs=KWARGS)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.vision.image_embedding({"pixel_values": pixels}), tower(pixels),
-                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            loaded.vision.image_embedding({"pixel_values": pixels}),
+            tower(pixels),
+            atol=ATOL,
+            rtol=0,
+        )
 
 
 def test_missing_keys_are_named(tower, tmp_path):
     folder = save_janus_checkpoint(tmp_path, tower, drop=["blocks.1.mlp.fc2"])
-    with pytest.raises(ValueError, match=r"missing keys \[blocks\.1\.mlp\.fc2\.bias, blocks\.1\.mlp\.fc2\.weight\]"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \[blocks\.1\.mlp\.fc2\.bias, blocks\.1\.mlp\.fc2\.weight\]"
+    ):
         load_model(f"janus:{folder}", model_kwargs=KWARGS)
 
 
 def test_missing_pooling_head_says_how_to_supply_one(tower, tmp_path):
     folder = save_janus_checkpoint(tmp_path, tower, drop=["attn_pool."])
-    with pytest.raises(ValueError, match=r"no SigLIP pooling head.*attn_pool.*head_from.*--head-from"):
+    with pytest.raises(
+        ValueError, match=r"no SigLIP pooling head.*attn_pool.*head_from.*--head-from"
+    ):
         load_model(f"janus:{folder}", model_kwargs=KWARGS)
 
 
@@ -114,8 +126,9 @@ def test_head_from_a_siglip_checkpoint(tower, tmp_path, pixels, prefix):
     loaded = load_model(f"janus:{folder}", head_from=head_file, model_kwargs=KWARGS)
     with torch.no_grad():
         own = tower(pixels)
-    torch.testing.assert_close(loaded.vision.forward_layers({"pixel_values": pixels}, [1]).final, own,
-                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        loaded.vision.forward_layers({"pixel_values": pixels}, [1]).final, own, atol=ATOL, rtol=0
+    )
 
 
 def test_head_from_without_a_head(tower, tmp_path):
@@ -127,7 +140,9 @@ def test_head_from_without_a_head(tower, tmp_path):
 
 
 def test_folder_without_vision_tower(tmp_path):
-    save_file({"language_model.lm_head.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {"language_model.lm_head.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors")
+    )
     with pytest.raises(ValueError, match="no vision_model.vision_tower"):
         load_model(f"janus:{tmp_path}")
 

@@ -62,7 +62,9 @@ def test_final_layer_equals_encode_image(saved, loaded, batch):
     _, _, model = saved
     with torch.no_grad():
         own = model.encode_image(batch["pixel_values"])
-    torch.testing.assert_close(loaded.vision.forward_layers(batch, []).final, own, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        loaded.vision.forward_layers(batch, []).final, own, atol=ATOL, rtol=0
+    )
     torch.testing.assert_close(loaded.vision.image_embedding(batch), own, atol=ATOL, rtol=0)
     assert loaded.vision.embed_dim == own.shape[-1] == loaded.text.embed_dim
 
@@ -115,14 +117,22 @@ def test_local_dir_format(saved, tokenizer_dir, tmp_path):
         batch = loaded.vision.preprocess(random_images(2))
         with torch.no_grad():
             own = model.encode_image(batch["pixel_values"])
-        torch.testing.assert_close(loaded.vision.forward_layers(batch, [1]).final, own, atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            loaded.vision.forward_layers(batch, [1]).final, own, atol=ATOL, rtol=0
+        )
         assert loaded.text.encode_text(["a cat"]).shape == (1, own.shape[-1])
 
 
 def test_non_timm_image_tower_rejected(tmp_path):
     config = {
         "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 16,
+            "head_width": 16,
+        },
         "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
     }
     path = tmp_path / "dola-test-plain-vit.json"

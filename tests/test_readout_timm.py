@@ -58,7 +58,9 @@ def test_final_layer_equals_model_embedding(vit, loaded, pixels):
         own = vit(pixels)  # num_classes=0: the pre-logits MAP embedding
     result = loaded.vision.forward_layers({"pixel_values": pixels}, [1])
     torch.testing.assert_close(result.final, own, atol=ATOL, rtol=0)
-    torch.testing.assert_close(loaded.vision.image_embedding({"pixel_values": pixels}), own, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        loaded.vision.image_embedding({"pixel_values": pixels}), own, atol=ATOL, rtol=0
+    )
     assert loaded.vision.embed_dim == own.shape[-1]
     assert loaded.text is None and loaded.logit_scale is None
 
@@ -80,20 +82,30 @@ def test_each_block_runs_once_per_batch(loaded, pixels, layers):
 
 
 def test_timm_folder_from_save_for_hf(vit, tmp_path, pixels):
-    timm.models.save_for_hf(vit, str(tmp_path), model_args=tiny_timm_kwargs(), safe_serialization=True)
+    timm.models.save_for_hf(
+        vit, str(tmp_path), model_args=tiny_timm_kwargs(), safe_serialization=True
+    )
     for spec in (f"timm:{tmp_path}", str(tmp_path)):  # explicit scheme, and detected folder
         loaded = load_model(spec)
         torch.testing.assert_close(
-            loaded.vision.forward_layers({"pixel_values": pixels}, [2]).final, vit(pixels).detach(),
-            atol=ATOL, rtol=0,
+            loaded.vision.forward_layers({"pixel_values": pixels}, [2]).final,
+            vit(pixels).detach(),
+            atol=ATOL,
+            rtol=0,
         )
 
 
 def test_weights_file_beside_timm_config(vit, tmp_path, pixels):
-    timm.models.save_for_hf(vit, str(tmp_path), model_args=tiny_timm_kwargs(), safe_serialization=True)
+    timm.models.save_for_hf(
+        vit, str(tmp_path), model_args=tiny_timm_kwargs(), safe_serialization=True
+    )
     loaded = load_model(f"timm:{tmp_path / 'model.safetensors'}")
-    torch.testing.assert_close(loaded.vision.image_embedding({"pixel_values": pixels}),
-                               vit(pixels).detach(), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        loaded.vision.image_embedding({"pixel_values": pixels}),
+        vit(pixels).detach(),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 def test_preprocess_gives_model_sized_pixels(loaded):
@@ -104,7 +116,9 @@ def test_preprocess_gives_model_sized_pixels(loaded):
 
 def test_class_token_vit(pixels):
     """Prefix tokens are rejoined before the head (token pooling reads the class token)."""
-    vit = tiny_timm_vit("vit_tiny_patch16_224", class_token=True, global_pool="token", num_classes=5)
+    vit = tiny_timm_vit(
+        "vit_tiny_patch16_224", class_token=True, global_pool="token", num_classes=5
+    )
     readout = TimmViTReadout(vit)
     result = readout.forward_layers({"pixel_values": pixels}, [1, 3])
     with torch.no_grad():
@@ -123,7 +137,9 @@ def test_janus_style_method_pair(vit, pixels):
     for layer in (1, 2, 3, DEPTH):
         torch.testing.assert_close(result.layer(layer), expected[layer - 1], atol=ATOL, rtol=0)
     with torch.no_grad():
-        torch.testing.assert_close(readout.image_embedding({"pixel_values": pixels}), janus_like(pixels))
+        torch.testing.assert_close(
+            readout.image_embedding({"pixel_values": pixels}), janus_like(pixels)
+        )
     with count_calls(list(vit.blocks)) as counts:
         readout.forward_layers({"pixel_values": pixels}, [1, 2])
     assert counts == [1] * DEPTH
@@ -147,7 +163,9 @@ def test_missing_keys_are_named(vit, tmp_path):
     state = {k: v for k, v in vit.state_dict().items() if not k.startswith("blocks.2.mlp")}
     save_file(state, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match=r"missing keys \[blocks\.2\.mlp\.fc1\.bias"):
-        load_model(f"timm:{ARCH}:{tmp_path / 'partial.safetensors'}", model_kwargs=tiny_timm_kwargs())
+        load_model(
+            f"timm:{ARCH}:{tmp_path / 'partial.safetensors'}", model_kwargs=tiny_timm_kwargs()
+        )
 
 
 def test_missing_weights_file(tmp_path):

@@ -252,7 +252,8 @@ def image_to_text(
     k_out = min(k_max, n_text)
     # Scale by inverse text norms instead of normalising a copy of a possibly huge caption bank.
     text_scale = _inverse_norms(text) / tau
-    block = max(1, min(n_images, max_block_elements // max(n_text, n_layers * k_short * 4)))
+    per_image = max(n_text, n_layers * k_short * 4, k_short * text.shape[1])
+    block = max(1, min(n_images, max_block_elements // per_image))
     base_tops, dola_tops, chosen_all, short_idx, short_scores = [], [], [], [], []
     kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
     for start in tqdm(
@@ -283,6 +284,26 @@ def image_to_text(
     return result, _ImageShortlists(torch.cat(short_idx), torch.cat(short_scores, dim=1))
 
 
+def _pair_scores(
+    image_layers: torch.Tensor,
+    image_scale: torch.Tensor,
+    text: torch.Tensor,
+    text_scale: torch.Tensor,
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    max_block_elements: int,
+) -> torch.Tensor:
+    """Per-layer scores of (image, caption) pairs [L, m], gathering at most a block at a time."""
+    n_layers, _, dim = image_layers.shape
+    chunk = max(1, max_block_elements // (n_layers * dim))
+    out = []
+    for start in range(0, images.numel(), chunk):
+        img, cap = images[start : start + chunk], captions[start : start + chunk]
+        dots = torch.einsum("lmd,md->lm", image_layers[:, img].float(), text[cap].float())
+        out.append(dots.mul_(image_scale[:, img]).mul_(text_scale[cap]))
+    return torch.cat(out, dim=1)
+
+
 @torch.no_grad()
 def text_to_image(
     image_layers: np.ndarray | torch.Tensor,
@@ -307,6 +328,7 @@ def text_to_image(
     k_cap = shortlists.captions.shape[1]
     text_scale = _inverse_norms(text) / tau
     final = _normalise(image_layers[-1])  # [I, D]
+    image_scale = _inverse_norms(image_layers)  # [L, I]
     per_pair = max(n_images, k_img * n_layers * k_cap * 4)
     block = max(1, min(n_text, max_block_elements // per_pair))
     base_tops, dola_tops = [], []
@@ -329,10 +351,15 @@ def text_to_image(
         missing = (~present).nonzero(as_tuple=True)
         if missing[0].numel():
             # The caption is not in this image's shortlist: put it in the last slot.
-            z = _normalise(image_layers[:, imgs[missing]])  # [L, m, D]
-            captions = t_idx[missing[0]]
-            fresh = (z * text[captions][None]).sum(-1) * text_scale[captions]  # [L, m]
-            scores[:, missing[0] * ki + missing[1], k_cap - 1] = fresh
+            scores[:, missing[0] * ki + missing[1], k_cap - 1] = _pair_scores(
+                image_layers,
+                image_scale,
+                text,
+                text_scale,
+                imgs[missing],
+                t_idx[missing[0]],
+                max_block_elements,
+            )
         result = apply_dola(scores, **kwargs)
         rank = ranking_scores(result.p_hat, result.kept, scores[-1].softmax(-1))
         pair_score = rank.gather(1, slot.reshape(-1, 1)).reshape(b, ki)

@@ -387,11 +387,9 @@ def classification_metrics(
     correct1 = top[:, 0] == labels
     correct5 = (top[:, :5] == labels[:, None]).any(-1)
     n = len(labels)
-    recalls = [
-        int(correct1[labels == c].sum()) / int((labels == c).sum())
-        for c in range(num_classes)
-        if (labels == c).any()
-    ]
+    support = torch.bincount(labels, minlength=num_classes).tolist()
+    hits = torch.bincount(labels[correct1], minlength=num_classes).tolist()
+    recalls = [h / s for h, s in zip(hits, support) if s]
     # Python division of counts: the figures are exact ratios, not float32 means.
     return {
         "acc1": int(correct1.sum()) / n,

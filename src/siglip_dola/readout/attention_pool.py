@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["fused_map_pool", "supports_fused_map_pool"]
+__all__ = ["MapPooling", "fused_map_pool", "supports_fused_map_pool"]
 
 
 def supports_fused_map_pool(head: nn.Module) -> bool:
@@ -33,26 +33,51 @@ def supports_fused_map_pool(head: nn.Module) -> bool:
     )
 
 
+class MapPooling:
+    """A MAP head's parameters folded once, applied in two steps.
+
+    :meth:`mix` reduces tokens [B, T, E] to attention-weighted averages [B, H, E] (the only
+    step whose cost grows with T); :meth:`project` turns those into pooled outputs [B, E].
+    Reading out many layers mixes each layer's tokens as the block produces them and projects
+    all of them at once, so no [L, B, T, E] stack is ever built.
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        attention: nn.MultiheadAttention = head.attention
+        width, heads = attention.embed_dim, attention.num_heads
+        dim = width // heads
+        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+        if attention.in_proj_bias is not None:
+            b_q, _, b_v = attention.in_proj_bias.chunk(3)
+        else:
+            b_q = b_v = torch.zeros(width, device=w_q.device, dtype=w_q.dtype)
+        # The key bias adds the same amount to every token's score: it cancels in the softmax.
+        query = (head.probe.reshape(1, width) @ w_q.T + b_q).view(heads, dim) / math.sqrt(dim)
+        self.fold = torch.einsum("hd,hde->eh", query, w_k.view(heads, dim, width))  # [E, H]
+        self.value_weight = w_v.view(heads, dim, width)
+        self.value_bias = b_v.view(heads, dim)
+        self.head = head
+        self.width = width
+
+    def mix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, T, E] -> the per-head attention-weighted token averages [B, H, E]."""
+        weights = torch.matmul(self.fold.T, tokens.transpose(1, 2)).softmax(dim=-1)  # [B, H, T]
+        return torch.bmm(weights, tokens)
+
+    def project(self, mixed: torch.Tensor) -> torch.Tensor:
+        """[B, H, E] from :meth:`mix` -> the head's output [B, E]."""
+        values = torch.einsum("bhe,hde->bhd", mixed, self.value_weight) + self.value_bias
+        pooled = self.head.attention.out_proj(values.reshape(-1, self.width))
+        return pooled + self.head.mlp(self.head.layernorm(pooled))
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.project(self.mix(tokens))
+
+
 def fused_map_pool(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """``head(hidden)`` for a MAP head without a padding mask: [B, T, E] -> [B, E].
 
     (SigLIP2's padded NaFlex batches go through the module itself: its masked attention is
     what the library computes and is left to the library.)
     """
-    attention: nn.MultiheadAttention = head.attention
-    width, heads = attention.embed_dim, attention.num_heads
-    dim = width // heads
-    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
-    b_q, _, b_v = (
-        attention.in_proj_bias.chunk(3)
-        if attention.in_proj_bias is not None
-        else (torch.zeros(width, device=hidden.device, dtype=hidden.dtype),) * 3
-    )
-    # The key bias adds the same amount to every token's score: it cancels in the softmax.
-    query = (head.probe.reshape(1, width) @ w_q.T + b_q).view(heads, dim) / math.sqrt(dim)
-    fold = torch.einsum("hd,hde->eh", query, w_k.view(heads, dim, width))  # [E, H]
-    weights = (hidden @ fold).softmax(dim=1)  # [B, T, H]
-    mixed = torch.einsum("bth,bte->bhe", weights, hidden)  # [B, H, E]
-    values = torch.einsum("bhe,hde->bhd", mixed, w_v.view(heads, dim, width)) + b_v.view(heads, dim)
-    pooled = attention.out_proj(values.reshape(-1, width))
-    return pooled + head.mlp(head.layernorm(pooled))
+    return MapPooling(head)(hidden)

@@ -1,9 +1,10 @@
 """transformers ``SiglipModel`` / ``Siglip2Model`` (and their vision-only models).
 
-The readout runs the vision tower's own embeddings and encoder layers once, keeps the
-requested layers' outputs, and pools all of them through ``post_layernorm`` + ``head`` in
-one batched call. SigLIP2 (NaFlex) inputs carry ``pixel_attention_mask`` and
-``spatial_shapes``; the mask goes to the encoder and to the pooling head, as in the model.
+The readout runs the vision tower's own embeddings and encoder layers once and pools the
+requested layers' outputs through ``post_layernorm`` + ``head``: the MAP head's token
+reduction per layer as the block produces it, the rest for all layers in one call.
+SigLIP2 (NaFlex) inputs carry ``pixel_attention_mask`` and ``spatial_shapes``; the mask goes
+to the encoder and to the pooling head, as in the model.
 
 Works with transformers 4.4x (tensors from ``get_*_features``, layers returning tuples,
 ``vision_model`` wrapping a ``*VisionTransformer``) and 5.x (output objects, flat
@@ -27,7 +28,7 @@ from siglip_dola.readout._common import (
     resolve_layers,
     weights_fingerprint,
 )
-from siglip_dola.readout.attention_pool import fused_map_pool, supports_fused_map_pool
+from siglip_dola.readout.attention_pool import MapPooling, supports_fused_map_pool
 from siglip_dola.readout.base import Batch, LayerEmbeddings
 
 __all__ = ["HFSiglipReadout", "HFSiglipText", "find_vision_transformer", "pooled_output"]
@@ -137,13 +138,24 @@ class HFSiglipReadout:
         slot = {layer - 1: i for i, layer in enumerate(numbers)}
         batch = self._inputs(batch)
         hidden, encoder_mask = self._embed(batch)
+        patch_mask = batch.get("pixel_attention_mask") if self.naflex else None
+        # Without a padding mask the fused head reduces each layer's tokens as the block
+        # produces them; otherwise the layers are stacked and pooled by the module itself.
+        pooling = MapPooling(self.vision.head) if self.fused_head and patch_mask is None else None
         kept: list[torch.Tensor | None] = [None] * len(numbers)
         for index, block in enumerate(self.blocks):
             hidden = _block_output(block(hidden, encoder_mask))
             if index in slot:
-                kept[slot[index]] = hidden
-        stacked = torch.cat(kept)  # [L * B, T, width]
-        pooled = self._pool(stacked, batch.get("pixel_attention_mask"), repeats=len(numbers))
+                tokens = (
+                    hidden if pooling is None else pooling.mix(self.vision.post_layernorm(hidden))
+                )
+                kept[slot[index]] = tokens
+        if pooling is not None:
+            pooled = pooling.project(torch.cat(kept))
+        else:
+            stacked = self.vision.post_layernorm(torch.cat(kept))  # [L * B, T, width]
+            mask = None if patch_mask is None else patch_mask.repeat(len(numbers), 1)
+            pooled = self.vision.head(stacked, mask) if self.naflex else self.vision.head(stacked)
         return LayerEmbeddings(numbers, pooled.view(len(numbers), hidden.shape[0], -1))
 
     @torch.no_grad()
@@ -169,22 +181,14 @@ class HFSiglipReadout:
         return move_batch({k: batch[k] for k in VISION_INPUTS if k in batch}, device, dtype)
 
     def _embed(self, batch: Batch) -> tuple[torch.Tensor, Any]:
+        # The patch embedding leaves tokens transposed in memory (conv output flattened, then
+        # transposed), and every residual add keeps that layout, so each linear layer would copy
+        # its input first. One copy here gives the blocks contiguous tokens: same values, less work.
         if self.naflex:
             hidden = self.vision.embeddings(batch["pixel_values"], batch["spatial_shapes"])
             mask = _encoder_attention_mask(self.vision, hidden, batch.get("pixel_attention_mask"))
-            return hidden, mask
-        return self.vision.embeddings(batch["pixel_values"]), None
-
-    def _pool(
-        self, hidden: torch.Tensor, patch_mask: torch.Tensor | None, repeats: int
-    ) -> torch.Tensor:
-        hidden = self.vision.post_layernorm(hidden)
-        mask = None if patch_mask is None or not self.naflex else patch_mask.repeat(repeats, 1)
-        if self.fused_head and mask is None:
-            return fused_map_pool(self.vision.head, hidden)
-        if self.naflex:
-            return self.vision.head(hidden, mask)
-        return self.vision.head(hidden)
+            return hidden.contiguous(), mask
+        return self.vision.embeddings(batch["pixel_values"]).contiguous(), None
 
 
 class HFSiglipText:
