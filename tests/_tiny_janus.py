@@ -356,25 +356,11 @@ def write_deepseek_layout(
 
 def save_tiny_siglip(folder: Path, seed: int = 0) -> Path:
     """A tiny transformers SiglipModel + offline sentencepiece SiglipTokenizer + processor."""
-    import sentencepiece as spm
+    from _tiny_models import save_sentencepiece_tokenizer
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES * 8),
-        model_prefix=str(folder / "spm"),
-        vocab_size=80,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    tokenizer = SiglipTokenizer(vocab_file=str(folder / "spm.model"), pad_token="<pad>")
-    tokenizer.save_pretrained(folder)
+    save_sentencepiece_tokenizer(folder, SENTENCES, vocab_size=80)
+    tokenizer = SiglipTokenizer.from_pretrained(folder)
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,

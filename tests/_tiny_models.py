@@ -85,16 +85,18 @@ def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tensor]
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def save_sentencepiece_tokenizer(folder: Path) -> Path:
+def save_sentencepiece_tokenizer(
+    folder: Path, sentences: Sequence[str] = SENTENCES, vocab_size: int = 60
+) -> Path:
     """A SiglipTokenizer trained offline on a few sentences, saved in ``folder``."""
     import sentencepiece as spm
     from transformers import SiglipTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES * 8),
+        sentence_iterator=iter(list(sentences) * 8),
         model_prefix=str(folder / "spm"),
-        vocab_size=60,
+        vocab_size=vocab_size,
         model_type="unigram",
         pad_id=0,
         eos_id=1,

@@ -252,12 +252,7 @@ def _evaluate(args: argparse.Namespace, model, image_set, templates, variants, d
         templates,
         variants,
         tau=getattr(args, "tau", None),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        dtype=_torch_dtype(args.dtype),
-        cache_dir=_cache_dir(args),
-        progress=_progress(args),
+        **_run_options(args),
         dist=dist,
     )
 
@@ -270,6 +265,18 @@ def _check_outputs(args: argparse.Namespace, *paths: Path | None) -> None:
 
 def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False)
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments every evaluation takes from the shared run flags."""
+    return {
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "device": args.device,
+        "dtype": _torch_dtype(args.dtype),
+        "cache_dir": _cache_dir(args),
+        "progress": _progress(args),
+    }
 
 
 def _summary_lines(evaluation, limit: int = 12) -> list:
@@ -313,12 +320,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         static_layer=static,
         alpha=alpha,
         tau=args.tau,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        dtype=_torch_dtype(args.dtype),
-        cache_dir=_cache_dir(args),
-        progress=_progress(args),
+        **_run_options(args),
     )
     results["model"] = args.model
     d = results["dola"]
@@ -603,12 +605,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         templates,
         [Variant("baseline")],
         tau=args.tau,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        dtype=_torch_dtype(args.dtype),
-        cache_dir=_cache_dir(args),
-        progress=_progress(args),
+        **_run_options(args),
     )
     print(f"per-layer readout top-1 accuracy on {image_set.name} ({evaluation.num_images} images):")
     for layer, acc in evaluation.per_layer_acc1.items():
@@ -656,12 +653,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data,
         templates,
         [Variant("baseline")],
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        dtype=_torch_dtype(args.dtype),
-        cache_dir=_cache_dir(args),
-        progress=_progress(args),
+        **_run_options(args),
     )
     emb = evaluation.embeddings
     row_of = {int(i): row for row, i in enumerate(emb.indices)}
