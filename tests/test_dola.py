@@ -351,3 +351,21 @@ def test_contrast_stack_equals_contrast_per_layer():
         assert torch.allclose(p_hat[s], one) and torch.equal(kept, one_kept)
     with pytest.raises(ValueError, match=r"\[S, 6, 9\]"):
         D.contrast_stack(log_final, stack[:, :3], 0.2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 70)),
+    seed=st.integers(0, 2**16),
+    log=st.booleans(),
+)
+def test_class_softmax_is_softmax_over_the_last_axis(shape, seed, log):
+    # Few classes take the moved-axis kernel, many the plain one: both are the same function,
+    # masked (-inf) entries included.
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 20
+    x[..., 1:][torch.rand(x[..., 1:].shape, generator=gen) < 0.3] = -math.inf
+    expected = torch.log_softmax(x, dim=-1) if log else torch.softmax(x, dim=-1)
+    got = D.class_softmax(x, log=log)
+    assert got.shape == x.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from siglip_dola.dola import apc_only, apply_dola
 from siglip_dola.zeroshot import (
@@ -139,3 +141,27 @@ def test_blocked_evaluation_equals_one_block(problem):
             if a.mean_kept is not None
             else b.mean_kept is None
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    classes=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_metrics_equal_a_loop_by_hand(n, classes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ranking = torch.rand(n, classes, generator=gen)
+    labels = torch.randint(0, classes, (n,), generator=gen)  # some classes may be absent
+    top = top_classes(ranking)
+    m = classification_metrics(top, labels, classes)
+    hit1 = [int(top[i, 0]) == int(labels[i]) for i in range(n)]
+    hit5 = [int(labels[i]) in top[i, :5].tolist() for i in range(n)]
+    recalls = []
+    for c in range(classes):
+        members = [i for i in range(n) if int(labels[i]) == c]
+        if members:
+            recalls.append(sum(hit1[i] for i in members) / len(members))
+    assert m["acc1"] == pytest.approx(sum(hit1) / n)
+    assert m["acc5"] == pytest.approx(sum(hit5) / n)
+    assert m["mean_per_class_recall"] == pytest.approx(sum(recalls) / len(recalls))

@@ -33,6 +33,7 @@ __all__ = [
     "apc_only",
     "build_probs_from_rep",
     "class_scores",
+    "class_softmax",
     "contrast",
     "contrast_and_mask",
     "contrast_stack",
@@ -105,6 +106,19 @@ def _log_probs(probs: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- scores
 
 
+# Below this many classes, softmax over the last axis spends its time on per-row overhead.
+_FEW_CLASSES = 32
+
+
+def class_softmax(x: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """(log-)softmax over the class axis (last); for few classes the kernel runs over the
+    class axis moved to the front, where it vectorises across rows (the same function)."""
+    fn = torch.log_softmax if log else torch.softmax
+    if x.dim() < 2 or x.shape[-1] > _FEW_CLASSES:
+        return fn(x, dim=-1)
+    return fn(x.movedim(-1, 0), dim=0).movedim(0, -1).contiguous()
+
+
 def class_scores(
     image_embeddings: Array,
     text_bank: Array,
@@ -142,7 +156,7 @@ def log_distributions(scores: Array) -> Array:
     """log q = log_softmax over the last axis, in float32 or wider."""
     s, to_numpy = _as_tensor(scores, "scores")
     _check_finite(s, "scores")
-    return _back(torch.log_softmax(s, dim=-1), to_numpy)
+    return _back(class_softmax(s, log=True), to_numpy)
 
 
 # ----------------------------------------------------------------------------- divergences
@@ -199,7 +213,7 @@ def _apc_mask_log(log_q_final: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def _masked_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits.masked_fill(~keep, -math.inf), dim=-1)
+    return class_softmax(logits.masked_fill(~keep, -math.inf))
 
 
 def apc_mask(q_final: Array, alpha: float = 0.1) -> Array:
@@ -414,7 +428,7 @@ def apply_dola(
     if len(set(candidates)) != len(candidates):
         raise ValueError(f"candidate layers must be distinct, got {candidates}")
 
-    log_q = torch.log_softmax(stacked, dim=-1)
+    log_q = class_softmax(stacked, log=True)
     log_final = log_q[numbers.index(final)]
     rows = [numbers.index(c) for c in candidates]
     if rows == list(range(rows[0], rows[0] + len(rows))):
@@ -445,7 +459,7 @@ def build_probs_from_rep(z: Array, text_bank: Array, tau: float = 1.0) -> Array:
     """Seed-compatible: q(c) = softmax_c(<z, t_c> / tau) with the raw (unnormalised) dot product."""
     scores = class_scores(z, text_bank, tau=tau, normalize=False)
     s, to_numpy = _as_tensor(scores, "scores")
-    return _back(torch.softmax(s, dim=-1), to_numpy)
+    return _back(class_softmax(s), to_numpy)
 
 
 def jsd(p: Array, q: Array) -> Array:

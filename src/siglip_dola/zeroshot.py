@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageError, ImageSet, Skipped
 from siglip_dola.distributed import DistContext
-from siglip_dola.dola import apc_only, apply_dola, contrast_stack, select_contrast_layer
+from siglip_dola.dola import (
+    apc_only,
+    apply_dola,
+    class_softmax,
+    contrast_stack,
+    select_contrast_layer,
+)
 from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
 from siglip_dola.readout.base import LoadedModel, VisionReadout
 from siglip_dola.text import build_text_bank, validate_class_names
@@ -384,18 +390,7 @@ def classification_metrics(
 ) -> dict[str, float]:
     """acc1, acc5 and mean per-class recall from each image's top-k class indices [N, k]
     (best first; k < 5 when there are fewer than 5 classes)."""
-    correct1 = top[:, 0] == labels
-    correct5 = (top[:, :5] == labels[:, None]).any(-1)
-    n = len(labels)
-    support = torch.bincount(labels, minlength=num_classes).tolist()
-    hits = torch.bincount(labels[correct1], minlength=num_classes).tolist()
-    recalls = [h / s for h, s in zip(hits, support) if s]
-    # Python division of counts: the figures are exact ratios, not float32 means.
-    return {
-        "acc1": int(correct1.sum()) / n,
-        "acc5": int(correct5.sum()) / n,
-        "mean_per_class_recall": float(np.mean(recalls)) if recalls else float("nan"),
-    }
+    return _metrics_of_variants([top], labels, num_classes)[0]
 
 
 def top_classes(ranking: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -442,26 +437,26 @@ def _block_outcome(
 ) -> _BlockOutcome:
     """Every variant on one block of per-layer scores [L, b, C].
 
-    Log-distributions and the JSD of every contrast layer are computed once and shared; the
-    contrast layer of a dynamic variant depends on its candidates only, and all contrasts
-    with one alpha go through the DoLa core as one stack.
+    Log-distributions are computed once, the JSD only for layers that a dynamic variant
+    chooses among; the contrast layer of a dynamic variant depends on its candidates only,
+    and all contrasts with one alpha go through the DoLa core as one stack (built once when
+    every alpha has the same contrasts, as a grid of alphas does).
     """
-    log_q = torch.log_softmax(scores.float(), dim=-1)
+    log_q = class_softmax(scores.float(), log=True)
     log_final = log_q[-1]
     q_final = log_final.exp()
-    needed = sorted(_contrast_layers_needed(variants))
-    column = {m: i for i, m in enumerate(needed)}
-    divergence = None
-    if needed:
-        rows = torch.tensor([layers.index(m) for m in needed])
+    row = {m: i for i, m in enumerate(layers)}
+    dynamic_layers = sorted({m for v in variants if v.kind == "dynamic" for m in v.layers})
+    column = {m: i for i, m in enumerate(dynamic_layers)}
+    chosen: dict[tuple[int, ...], torch.Tensor] = {}  # dynamic candidates -> contrast rows [b]
+    if dynamic_layers:
+        rows = torch.tensor([row[m] for m in dynamic_layers])
         _, divergence = select_contrast_layer(log_final, log_q.index_select(0, rows))  # [b, K]
-    arange = torch.arange(log_final.shape[0])
-    chosen: dict[tuple[int, ...], torch.Tensor] = {}
-    for variant in variants:
-        if variant.kind == "dynamic" and variant.layers not in chosen:
-            cols = torch.tensor([column[m] for m in variant.layers])
-            pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest candidate
-            chosen[variant.layers] = torch.tensor(variant.layers)[pick]
+        for variant in variants:
+            if variant.kind == "dynamic" and variant.layers not in chosen:
+                cols = torch.tensor([column[m] for m in variant.layers])
+                pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest
+                chosen[variant.layers] = torch.tensor(variant.layers)[pick]
     n = len(variants)
     out = _BlockOutcome([None] * n, [None] * n, [None] * n, scores.argmax(-1))
     for i, variant in enumerate(variants):
@@ -471,29 +466,46 @@ def _block_outcome(
             p_hat, kept = apc_only(log_final, variant.alpha)
             out.top[i] = top_classes(ranking_scores(p_hat, kept, q_final))
             out.kept[i] = kept.sum(-1)
+        elif variant.kind == "dynamic":
+            out.chosen[i] = chosen[variant.layers]
+        else:
+            out.chosen[i] = torch.full_like(q_final[:, 0], variant.layers[0], dtype=torch.long)
+    stacks: dict[tuple, torch.Tensor] = {}
     for alpha in dict.fromkeys(v.alpha for v in variants if v.kind in ("dynamic", "static")):
         group = [
             i
             for i, v in enumerate(variants)
             if v.kind in ("dynamic", "static") and v.alpha == alpha
         ]
-        contrast_layers = []
-        for i in group:
-            layer = chosen[variants[i].layers] if variants[i].kind == "dynamic" else None
-            out.chosen[i] = (
-                layer if layer is not None else torch.full_like(arange, variants[i].layers[0])
-            )
-            contrast_layers.append(out.chosen[i])
-        row_of = torch.zeros(max(layers) + 1, dtype=torch.long)
-        row_of[torch.tensor(layers)] = torch.arange(len(layers))
-        stack = log_q[row_of[torch.stack(contrast_layers)], arange]  # [S, b, C]
-        p_hat, kept = contrast_stack(log_final, stack, alpha)
+        key = tuple((variants[i].kind, variants[i].layers) for i in group)
+        if key not in stacks:
+            stacks[key] = _contrast_stack_rows(log_q, row, [variants[i] for i in group], chosen)
+        p_hat, kept = contrast_stack(log_final, stacks[key], alpha)
         top = top_classes(ranking_scores(p_hat, kept, q_final))  # [S, b, k]
         sizes = kept.sum(-1)
         for k, i in enumerate(group):
             out.top[i] = top[k]
             out.kept[i] = sizes
     return out
+
+
+def _contrast_stack_rows(
+    log_q: torch.Tensor,
+    row: dict[int, int],
+    group: Sequence[Variant],
+    chosen: dict[tuple[int, ...], torch.Tensor],
+) -> torch.Tensor:
+    """The contrast log-distributions [S, b, C] of a group of dynamic/static variants."""
+    arange = torch.arange(log_q.shape[1])
+    row_of_layer = torch.zeros(max(row) + 1, dtype=torch.long)
+    row_of_layer[torch.tensor(list(row))] = torch.tensor(list(row.values()))
+    parts = []
+    for variant in group:
+        if variant.kind == "static":
+            parts.append(log_q[row[variant.layers[0]]])
+        else:
+            parts.append(log_q[row_of_layer[chosen[variant.layers]], arange])
+    return torch.stack(parts)
 
 
 def _check_layers(layers: list[int], variants: Sequence[Variant]) -> None:
@@ -509,27 +521,50 @@ def _summarise(
     variants: Sequence[Variant],
     num_classes: int,
 ) -> tuple[list[VariantResult], dict[int, float]]:
+    def joined(parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     layer_top1 = torch.cat([o.layer_top1 for o in outcomes], dim=1)
     per_layer = {
         layer: (layer_top1[i] == labels).float().mean().item() for i, layer in enumerate(layers)
     }
+    tops = [joined([o.top[v] for o in outcomes]) for v in range(len(variants))]
+    metrics = _metrics_of_variants(tops, labels, num_classes)
     results = []
     for v, variant in enumerate(variants):
-        top = torch.cat([o.top[v] for o in outcomes])
-        chosen = (
-            None if outcomes[0].chosen[v] is None else torch.cat([o.chosen[v] for o in outcomes])
-        )
-        kept = None if outcomes[0].kept[v] is None else torch.cat([o.kept[v] for o in outcomes])
+        chosen = None if outcomes[0].chosen[v] is None else joined([o.chosen[v] for o in outcomes])
+        kept = None if outcomes[0].kept[v] is None else joined([o.kept[v] for o in outcomes])
         results.append(
-            VariantResult(
-                variant,
-                classification_metrics(top, labels, num_classes),
-                top[:, 0],
-                chosen_layers=chosen,
-                kept_sizes=kept,
-            )
+            VariantResult(variant, metrics[v], tops[v][:, 0], chosen_layers=chosen, kept_sizes=kept)
         )
     return results, per_layer
+
+
+def _metrics_of_variants(
+    tops: list[torch.Tensor], labels: torch.Tensor, num_classes: int
+) -> list[dict[str, float]]:
+    """:func:`classification_metrics` of many variants at once (the same figures)."""
+    top = torch.stack(tops)  # [V, N, k]
+    n = len(labels)
+    correct1 = top[:, :, 0] == labels
+    correct5 = (top[:, :, :5] == labels[:, None]).any(-1)
+    support = torch.bincount(labels, minlength=num_classes)
+    owner = torch.arange(len(tops))[:, None] * num_classes + labels  # [V, N]
+    hits = torch.bincount(owner[correct1], minlength=len(tops) * num_classes)
+    hits = hits.view(len(tops), num_classes)[:, support > 0].tolist()
+    support_list = support[support > 0].tolist()
+    acc1, acc5 = correct1.sum(-1).tolist(), correct5.sum(-1).tolist()
+    # Python division of counts: the figures are exact ratios, not float32 means.
+    return [
+        {
+            "acc1": acc1[v] / n,
+            "acc5": acc5[v] / n,
+            "mean_per_class_recall": float(np.mean([h / s for h, s in zip(hits[v], support_list)]))
+            if support_list
+            else float("nan"),
+        }
+        for v in range(len(tops))
+    ]
 
 
 @torch.no_grad()
@@ -677,7 +712,7 @@ class ZeroShotClassifier:
         batch = _model_device_dtype(vision.preprocess(list(images)), self.device, self.dtype)
         out = vision.forward_layers(batch, self.variant.layers)
         scores = layer_scores(out.embeddings.float().cpu(), self.text_bank, self.tau)
-        log_q = torch.log_softmax(scores, dim=-1)
+        log_q = class_softmax(scores, log=True)
         q_final = log_q[-1].exp()
         if self.variant.kind == "baseline":
             return ClassifierOutput(q_final, q_final, None, None)
