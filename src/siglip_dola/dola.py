@@ -66,6 +66,16 @@ def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
     return t.to(dtype), from_numpy
 
 
+def _stack_same_shape(named: Mapping[str, Any], what: str) -> tuple[torch.Tensor, bool]:
+    """Stack [B, C] arrays named by their source into [K, B, C] (float64 only if all are)."""
+    parts = [_as_tensor(v, name) for name, v in named.items()]
+    shapes = {tuple(t.shape) for t, _ in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"{what} must have the same [B, C] shape, got {sorted(shapes)}")
+    dtype = torch.float64 if all(t.dtype == torch.float64 for t, _ in parts) else torch.float32
+    return torch.stack([t.to(dtype) for t, _ in parts]), parts[0][1]
+
+
 def _back(x: torch.Tensor, to_numpy: bool) -> Array:
     return x.cpu().numpy() if to_numpy else x
 
@@ -357,15 +367,9 @@ def _stack_layer_scores(
         if not layer_scores:
             raise ValueError("layer_scores is empty: expected the final layer and >= 1 candidate")
         numbers = [int(k) for k in layer_scores]
-        parts = [_as_tensor(v, f"layer_scores[{k}]") for k, v in layer_scores.items()]
-        shapes = {tuple(t.shape) for t, _ in parts}
-        if len(shapes) != 1:
-            raise ValueError(
-                f"every layer's scores must have the same [B, C] shape, got {sorted(shapes)}"
-            )
-        dtype = torch.float64 if all(t.dtype == torch.float64 for t, _ in parts) else torch.float32
-        stacked = torch.stack([t.to(dtype) for t, _ in parts])
-        to_numpy = parts[0][1]
+        stacked, to_numpy = _stack_same_shape(
+            {f"layer_scores[{k}]": v for k, v in layer_scores.items()}, "every layer's scores"
+        )
     else:
         stacked, to_numpy = _as_tensor(layer_scores, "layer_scores")
         if layers is None:
@@ -473,14 +477,9 @@ def _stack_distributions(
     values = list(q_list.values()) if isinstance(q_list, Mapping) else list(q_list)
     if not values:
         raise ValueError("empty candidate set: expected at least one candidate distribution")
-    parts = [_as_tensor(v, f"q_list[{i}]") for i, v in enumerate(values)]
-    shapes = {tuple(t.shape) for t, _ in parts}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"candidate distributions must share one [B, C] shape, got {sorted(shapes)}"
-        )
-    dtype = torch.float64 if all(t.dtype == torch.float64 for t, _ in parts) else torch.float32
-    return torch.stack([t.to(dtype) for t, _ in parts]), parts[0][1]
+    return _stack_same_shape(
+        {f"q_list[{i}]": v for i, v in enumerate(values)}, "candidate distributions"
+    )
 
 
 def select_early_exit(qN: Array, q_list: Sequence[Array] | Mapping[Any, Array]) -> Array:  # noqa: N803

@@ -38,6 +38,7 @@ from siglip_dola.dola import (
     select_contrast_layer,
 )
 from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
+from siglip_dola.readout._common import move_batch
 from siglip_dola.readout.base import LoadedModel, VisionReadout
 from siglip_dola.text import build_text_bank, validate_class_names
 
@@ -54,6 +55,10 @@ __all__ = [
     "layer_scores",
     "ranking_scores",
 ]
+
+
+# Scores held at once when evaluating variants: [layers, images, classes] blocks of 64 MB.
+SCORE_BLOCK_ELEMENTS = 16_000_000
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -195,15 +200,6 @@ def shard_positions(n: int, shard: tuple[int, int]) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
-def _model_device_dtype(
-    batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
-) -> dict:
-    return {
-        k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
-        for k, v in batch.items()
-    }
-
-
 @torch.no_grad()
 def extract_layer_embeddings(
     vision: VisionReadout,
@@ -256,7 +252,7 @@ def extract_layer_embeddings(
                 images.append(item)
                 positions.append(index)
         if images:
-            batch = _model_device_dtype(vision.preprocess(images), device, dtype)
+            batch = move_batch(vision.preprocess(images), device, dtype)
             out = vision.forward_layers(batch, wanted)
             chunks.append(out.embeddings.float().cpu().numpy())
             kept.extend(positions)
@@ -613,7 +609,7 @@ def evaluate_embeddings(
     tau: float,
     variants: Sequence[Variant],
     num_classes: int | None = None,
-    max_block_elements: int = 16_000_000,
+    max_block_elements: int = SCORE_BLOCK_ELEMENTS,
     progress: bool = False,
 ) -> tuple[list[VariantResult], dict[int, float]]:
     """:func:`evaluate_variants` over image blocks, so that [L, N, C] never exists whole.
@@ -709,15 +705,14 @@ class ZeroShotClassifier:
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image]) -> ClassifierOutput:
         vision = self.model.vision
-        batch = _model_device_dtype(vision.preprocess(list(images)), self.device, self.dtype)
+        batch = move_batch(vision.preprocess(list(images)), self.device, self.dtype)
         out = vision.forward_layers(batch, self.variant.layers)
         scores = layer_scores(out.embeddings.float().cpu(), self.text_bank, self.tau)
-        log_q = class_softmax(scores, log=True)
-        q_final = log_q[-1].exp()
+        q_final = class_softmax(scores[-1])
         if self.variant.kind == "baseline":
             return ClassifierOutput(q_final, q_final, None, None)
         if self.variant.kind == "apc":
-            p_hat, kept = apc_only(log_q[-1], self.variant.alpha)
+            p_hat, kept = apc_only(class_softmax(scores[-1], log=True), self.variant.alpha)
             return ClassifierOutput(p_hat, ranking_scores(p_hat, kept, q_final), None, kept)
         static = self.variant.layers[0] if self.variant.kind == "static" else None
         result = apply_dola(
@@ -805,7 +800,7 @@ def evaluate_dataset(
     tau = model.tau if tau is None else float(tau)
     emb_layers = list(embeddings.layers)
     _check_layers(emb_layers, variants)
-    outcomes = _embedding_outcomes(embeddings, bank, tau, variants, 16_000_000, progress)
+    outcomes = _embedding_outcomes(embeddings, bank, tau, variants, SCORE_BLOCK_ELEMENTS, progress)
     gathered = ctx.gather((outcomes, embeddings.labels, embeddings.skipped))
     if gathered is None:
         return None
