@@ -160,9 +160,9 @@ def _parse_floats(text: str, name: str) -> tuple[float, ...]:
 
 
 def _torch_dtype(name: str):
-    import torch
+    from siglip_dola.readout._common import parse_dtype
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return parse_dtype(name)
 
 
 def _resolve_model_spec(spec: str) -> str:
@@ -258,9 +258,11 @@ def _evaluate(args: argparse.Namespace, model, image_set, templates, variants, d
 
 
 def _check_outputs(args: argparse.Namespace, *paths: Path | None) -> None:
+    from siglip_dola.io import check_writable
+
     for path in paths:
-        if path is not None and path.exists() and not args.overwrite:
-            raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+        if path is not None:
+            check_writable(path, args.overwrite)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -279,6 +281,26 @@ def _run_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _dola_flags(args: argparse.Namespace, depth: int) -> tuple[tuple[int, ...] | None, float]:
+    """Candidate layers (``--layers``, None = the default) and alpha (``--alpha``)."""
+    from siglip_dola.layers import parse_layers
+
+    layers = parse_layers(args.layers, depth) if args.layers else None
+    return layers, _parse_floats(str(args.alpha), "--alpha")[0]
+
+
+def _write_plots(args: argparse.Namespace, evaluation, image_set) -> None:
+    from siglip_dola.report import plot_layers
+
+    for path in plot_layers(
+        args.plots,
+        evaluation.per_layer_acc1,
+        evaluation.results,
+        title=f"{args.model} on {image_set.name}",
+    ):
+        print(f"plot: {path}")
+
+
 def _summary_lines(evaluation, limit: int = 12) -> list:
     """Baseline, the per-bucket dynamic variants, APC-only, then the best others."""
     results = evaluation.results
@@ -291,7 +313,7 @@ def _summary_lines(evaluation, limit: int = 12) -> list:
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
-    from siglip_dola.calibrate import load_profile
+    from siglip_dola.calibrate import load_profile, variant_from_profile
     from siglip_dola.io import atomic_write_json
     from siglip_dola.retrieval import evaluate_retrieval, load_retrieval_set
 
@@ -301,17 +323,18 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         None if str(args.shortlist) == "all" else _positive_int(args.shortlist, "--shortlist")
     )
     model = _load_model(args)
-    layers, static, alpha = None, args.static_layer, _parse_floats(str(args.alpha), "--alpha")[0]
+    layers, alpha = _dola_flags(args, model.vision.depth)
+    static = args.static_layer
     if args.profile:
-        profile = load_profile(args.profile)
-        if profile["mode"] in ("dynamic", "static"):
-            layers = profile["layers"] if profile["mode"] == "dynamic" else None
-            static = profile["layers"][0] if profile["mode"] == "static" else None
-            alpha = profile["alpha"]
-    elif args.layers:
-        from siglip_dola.layers import parse_layers
-
-        layers = parse_layers(args.layers, model.vision.depth)
+        variant = variant_from_profile(load_profile(args.profile), model.vision.depth)
+        if variant.kind not in ("dynamic", "static"):
+            raise UsageError(
+                f"profile {args.profile} selects {variant.name}: re-ranking needs a dynamic or "
+                f"static DoLa profile (drop --profile to compare the baseline with default DoLa)"
+            )
+        layers = variant.layers if variant.kind == "dynamic" else None
+        static = variant.layers[0] if variant.kind == "static" else None
+        alpha = variant.alpha
     results = evaluate_retrieval(
         model,
         dataset,
@@ -360,7 +383,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.dataset = "bundled:photos"
         return cmd_rerank(args)
     from siglip_dola.distributed import init_from_env
-    from siglip_dola.report import classification_results, format_table, plot_layers
+    from siglip_dola.report import classification_results, format_table
 
     _check_outputs(args, args.output)
     image_set, templates = _load_data(args)
@@ -398,13 +421,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         atomic_write_json(args.output, results)
         print(f"results: {args.output}")
     if args.plots:
-        for path in plot_layers(
-            args.plots,
-            evaluation.per_layer_acc1,
-            evaluation.results,
-            title=f"{args.model} on {image_set.name}",
-        ):
-            print(f"plot: {path}")
+        _write_plots(args, evaluation, image_set)
     return 0
 
 
@@ -421,7 +438,7 @@ def _report_skips(skipped) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from siglip_dola.calibrate import build_profile, save_profile
+    from siglip_dola.calibrate import build_profile, rank_variants, save_profile
     from siglip_dola.report import format_table
 
     _check_outputs(args, args.profile)
@@ -442,8 +459,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         significance=args.significance,
         templates=templates,
     )
-    from siglip_dola.calibrate import rank_variants
-
     ranked = rank_variants(evaluation.results, args.metric)
     print(
         format_table(
@@ -464,13 +479,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _collect_images(inputs: list[str]) -> list[Path]:
-    from siglip_dola.data import IMAGE_EXTENSIONS
+    from siglip_dola.data import image_files
 
     paths: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+            paths.extend(image_files(path))
         elif path.exists():
             paths.append(path)
         else:
@@ -481,10 +496,8 @@ def _collect_images(inputs: list[str]) -> list[Path]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    import torch
-
     from siglip_dola.calibrate import load_profile
-    from siglip_dola.data import ImageError, load_image
+    from siglip_dola.data import ImageError, Skipped, load_image
     from siglip_dola.text import load_templates
     from siglip_dola.zeroshot import ZeroShotClassifier
 
@@ -498,12 +511,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile) if args.profile else None
     templates = load_templates(args.templates or "photo")
     model = _load_model(args)
-    alpha = _parse_floats(str(args.alpha), "--alpha")[0]
-    layers = None
-    if args.layers:
-        from siglip_dola.layers import parse_layers
-
-        layers = parse_layers(args.layers, model.vision.depth)
+    layers, alpha = _dola_flags(args, model.vision.depth)
     classifier = ZeroShotClassifier(
         model,
         names,
@@ -519,7 +527,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         dtype=_torch_dtype(args.dtype),
     )
     rows: list[dict[str, Any]] = []
-    skipped = []
+    skipped: list[Skipped] = []
     from tqdm.auto import tqdm
 
     for start in tqdm(
@@ -531,7 +539,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 images.append(load_image(path))
                 used.append(path)
             except ImageError as exc:
-                skipped.append({"source": str(path), "reason": str(exc)})
+                skipped.append(Skipped(str(path), str(exc)))
         if not images:
             continue
         out = classifier.predict(images)
@@ -553,15 +561,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(f"{path}: {tops}{layer}")
     mode = classifier.variant.name if classifier.use_dola else "baseline (DoLa off)"
     print(f"{len(rows)} image(s) classified with {mode}; {len(skipped)} skipped")
-    for s in skipped:
-        print(f"  skipped {s['source']}: {s['reason']}", file=sys.stderr)
+    _report_skips(skipped)
     if args.output:
         from siglip_dola.io import atomic_write_json, atomic_write_text
 
         if args.output.suffix.lower() == ".json":
             atomic_write_json(
                 args.output,
-                {"model": args.model, "mode": mode, "predictions": rows, "skipped": skipped},
+                {
+                    "model": args.model,
+                    "mode": mode,
+                    "predictions": rows,
+                    "skipped": [s.__dict__ for s in skipped],
+                },
             )
         else:
             buffer = io.StringIO()
@@ -579,14 +591,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 )
             atomic_write_text(args.output, buffer.getvalue())
         print(f"predictions: {args.output}")
-    del torch
     return 0
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from siglip_dola.layers import bucket_table
-    from siglip_dola.report import plot_layers
-    from siglip_dola.zeroshot import Variant, evaluate_dataset
+    from siglip_dola.zeroshot import Variant
 
     model = _load_model(args)
     depth = model.vision.depth
@@ -599,25 +609,12 @@ def cmd_layers(args: argparse.Namespace) -> int:
     if args.dataset is None:
         return 0
     image_set, templates = _load_data(args)
-    evaluation = evaluate_dataset(
-        model,
-        image_set,
-        templates,
-        [Variant("baseline")],
-        tau=args.tau,
-        **_run_options(args),
-    )
+    evaluation = _evaluate(args, model, image_set, templates, [Variant("baseline")])
     print(f"per-layer readout top-1 accuracy on {image_set.name} ({evaluation.num_images} images):")
     for layer, acc in evaluation.per_layer_acc1.items():
         print(f"  layer {layer:>2}: {100 * acc:6.2f}%  {'#' * int(round(40 * acc))}")
     if args.plots:
-        for path in plot_layers(
-            args.plots,
-            evaluation.per_layer_acc1,
-            evaluation.results,
-            title=f"{args.model} on {image_set.name}",
-        ):
-            print(f"plot: {path}")
+        _write_plots(args, evaluation, image_set)
     return 0
 
 
@@ -738,6 +735,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from siglip_dola.benchmark import run_eval_benchmark
 
+    _check_outputs(args, args.output)
     image_set, templates = _load_data(args)
     model = _load_model(args)
     print(
@@ -769,7 +767,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.output:
         from siglip_dola.io import atomic_write_json
 
-        _check_outputs(args, args.output)
         atomic_write_json(args.output, r)
     return 0
 

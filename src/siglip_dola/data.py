@@ -29,6 +29,7 @@ __all__ = [
     "Skipped",
     "bundled_model_dir",
     "load_dataset",
+    "image_files",
     "load_image",
     "to_rgb",
 ]
@@ -110,9 +111,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode == "CMYK":
-        return image.convert("RGB")
-    return image.convert("RGB")
+    return image.convert("RGB")  # CMYK, L, YCbCr, ...
 
 
 def load_image(path: Path | str) -> Image.Image:
@@ -210,7 +209,8 @@ class ImageSet:
         return h.hexdigest()[:16]
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Image files anywhere below ``folder``, sorted."""
     return sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
@@ -226,7 +226,7 @@ def load_image_folder(root: Path) -> ImageSet:
     items: list[Path | np.ndarray] = []
     labels = []
     for index, name in enumerate(classes):
-        files = _image_files(root / name)
+        files = image_files(root / name)
         items.extend(files)
         labels.extend([index] * len(files))
     if not items:

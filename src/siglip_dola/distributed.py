@@ -37,10 +37,6 @@ class DistContext:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
 
 def init_from_env(device: str = "cpu") -> DistContext:
     """Join the process group that torchrun / accelerate describe in the environment

@@ -12,6 +12,7 @@ __all__ = [
     "Bucket",
     "bucket_candidates",
     "bucket_table",
+    "default_candidates",
     "parse_layers",
     "split_buckets",
     "validate_candidates",
@@ -90,6 +91,11 @@ def bucket_candidates(bucket: Bucket, depth: int) -> tuple[int, ...]:
 def bucket_table(depth: int, num_buckets: int = 3) -> list[tuple[Bucket, tuple[int, ...]]]:
     """[(bucket, default candidates), ...] for a model of the given depth."""
     return [(b, bucket_candidates(b, depth)) for b in split_buckets(depth, num_buckets)]
+
+
+def default_candidates(depth: int) -> tuple[int, ...]:
+    """The contrast candidates used when none are given: the last bucket's even layers."""
+    return bucket_candidates(split_buckets(depth)[-1], depth)
 
 
 def parse_layers(text: str, depth: int, num_buckets: int = 3) -> tuple[int, ...]:

@@ -410,7 +410,7 @@ def evaluate_retrieval(
 
     Candidate layers default to the last bucket's even layers (dynamic mode).
     """
-    from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
+    from siglip_dola.layers import default_candidates, validate_candidates
     from siglip_dola.text import encode_captions
     from siglip_dola.zeroshot import extract_layer_embeddings
 
@@ -420,7 +420,7 @@ def evaluate_retrieval(
     if static_layer is not None:
         contrast_layers = validate_candidates([static_layer], depth)
     elif candidate_layers is None:
-        contrast_layers = bucket_candidates(split_buckets(depth)[-1], depth)
+        contrast_layers = default_candidates(depth)
     else:
         contrast_layers = validate_candidates(candidate_layers, depth)
     if shortlist is not None and shortlist < 1:

@@ -37,7 +37,12 @@ from siglip_dola.dola import (
     contrast_stack,
     select_contrast_layer,
 )
-from siglip_dola.layers import bucket_candidates, split_buckets, validate_candidates
+from siglip_dola.layers import (
+    bucket_candidates,
+    default_candidates,
+    split_buckets,
+    validate_candidates,
+)
 from siglip_dola.readout._common import move_batch
 from siglip_dola.readout.base import LoadedModel, VisionReadout
 from siglip_dola.text import build_text_bank, validate_class_names
@@ -684,12 +689,7 @@ class ZeroShotClassifier:
             if static_layer is not None:
                 self.variant = Variant("static", alpha, validate_candidates([static_layer], depth))
             else:
-                bucket = split_buckets(depth)[-1]
-                layers = (
-                    bucket_candidates(bucket, depth)
-                    if candidate_layers is None
-                    else candidate_layers
-                )
+                layers = default_candidates(depth) if candidate_layers is None else candidate_layers
                 self.variant = Variant("dynamic", alpha, validate_candidates(layers, depth))
         if not use_dola:
             self.variant = Variant("baseline")

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from siglip_dola.dola import apply_dola, class_scores
-from siglip_dola.layers import bucket_candidates, parse_layers, split_buckets, validate_candidates
+from siglip_dola.layers import default_candidates, parse_layers, validate_candidates
 from siglip_dola.readout.base import LoadedModel
 
 __all__ = ["SELECT_MODES", "CandidateScore", "CandidateScorer", "rank_candidates"]
@@ -100,7 +100,7 @@ class CandidateScorer:
     def _candidate_layers(self, layers: str | Sequence[int] | None) -> tuple[int, ...]:
         depth = self.model.vision.depth
         if layers is None:
-            return bucket_candidates(split_buckets(depth, 3)[-1], depth)
+            return default_candidates(depth)
         if isinstance(layers, str):
             return parse_layers(layers, depth)
         return validate_candidates(tuple(int(x) for x in layers), depth)
