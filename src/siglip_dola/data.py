@@ -7,7 +7,6 @@ never silently dropped.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import warnings
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from siglip_dola.io import read_json_list
+from siglip_dola.io import read_records
 
 __all__ = [
     "BUNDLED_CLASS_NAMES",
@@ -236,20 +235,7 @@ def load_image_folder(root: Path) -> ImageSet:
     return ImageSet(root.name, tuple(classes), items, np.asarray(labels, dtype=np.int64))
 
 
-def _read_label_rows(path: Path) -> list[tuple[str, str]]:
-    if path.suffix.lower() == ".json":
-        rows = read_json_list(path, "{'image': ..., 'label': ...}")
-        out = []
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict) or "image" not in row or "label" not in row:
-                raise ValueError(f"{path}: entry {i} must be an object with 'image' and 'label'")
-            out.append((str(row["image"]), str(row["label"])))
-        return out
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected a CSV header with columns 'image' and 'label'")
-        return [(row["image"], row["label"]) for row in reader]
+LABEL_FILE_COLUMNS = ("image", "label")
 
 
 def load_label_file(path: Path, class_names: Sequence[str] | None = None) -> ImageSet:
@@ -258,19 +244,21 @@ def load_label_file(path: Path, class_names: Sequence[str] | None = None) -> Ima
     without, the classes are the sorted distinct labels."""
     if not path.is_file():
         raise ValueError(f"label file {path} does not exist")
-    rows = _read_label_rows(path)
+    rows = [
+        (where, str(r["image"]), str(r["label"]))
+        for where, r in read_records(path, LABEL_FILE_COLUMNS)
+    ]
     if not rows:
         raise ValueError(f"{path} lists no images")
     if class_names is None:
-        classes = tuple(sorted({label for _, label in rows}))
+        classes = tuple(sorted({label for _, _, label in rows}))
     else:
         classes = tuple(class_names)
     index = {name: i for i, name in enumerate(classes)}
     items: list[Path | np.ndarray] = []
     labels = []
-    for line, (image, label) in enumerate(rows, start=2 if path.suffix.lower() != ".json" else 0):
+    for where, image, label in rows:
         if label not in index:
-            where = f"line {line}" if path.suffix.lower() != ".json" else f"entry {line}"
             raise ValueError(
                 f"{path}, {where}: unknown class {label!r}; known classes: {list(classes)}"
             )

@@ -3,9 +3,11 @@ half-written output, and guarded output paths (no silent overwrite)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ __all__ = [
     "atomic_write_text",
     "check_writable",
     "read_json_list",
+    "read_records",
 ]
 
 
@@ -61,3 +64,25 @@ def read_json_list(path: Path, entry_hint: str) -> list[Any]:
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of {entry_hint} objects")
     return rows
+
+
+def read_records(path: Path, columns: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a CSV file (with a header) or a JSON list of objects, each holding ``columns``.
+
+    Returns (where, row) pairs, ``where`` being "line N" (CSV, header = line 1) or "entry N"
+    (JSON), for error messages that point at the row.
+    """
+    names = " and ".join(repr(c) for c in columns)
+    if path.suffix.lower() == ".json":
+        rows = read_json_list(path, "{" + ", ".join(f"{c!r}: ..." for c in columns) + "}")
+        out = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or not set(columns) <= set(row):
+                raise ValueError(f"{path}: entry {i} must be an object with {names}")
+            out.append((f"entry {i}", row))
+        return out
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not set(columns) <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a CSV header with columns {names}")
+        return [(f"line {n}", row) for n, row in enumerate(reader, start=2)]

@@ -15,7 +15,6 @@ in blocks of queries; top-k is taken per block.
 
 from __future__ import annotations
 
-import csv
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageSet
 from siglip_dola.dola import apply_dola
-from siglip_dola.io import read_json_list
+from siglip_dola.io import read_records
 from siglip_dola.zeroshot import ranking_scores
 
 __all__ = [
@@ -74,30 +73,18 @@ def _from_pairs(
 
 
 def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    if path.suffix.lower() == ".json":
-        rows = read_json_list(path, "{'image': ..., 'caption': ...}")
-        pairs = []
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict) or "image" not in row:
-                raise ValueError(f"{path}: entry {i} needs 'image' and 'caption' (or 'captions')")
-            captions = row.get("captions", [row.get("caption")])
-            if isinstance(captions, str):
-                captions = [captions]
-            for caption in captions:
-                if not isinstance(caption, str) or not caption.strip():
-                    raise ValueError(f"{path}: entry {i} has an empty or non-string caption")
-                pairs.append((str(row["image"]), caption))
-        return pairs
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"image", "caption"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected a CSV header with columns 'image' and 'caption'")
-        pairs = []
-        for line, row in enumerate(reader, start=2):
-            if not (row["caption"] or "").strip():
-                raise ValueError(f"{path}, line {line}: empty caption")
-            pairs.append((row["image"], row["caption"]))
-        return pairs
+    # A JSON entry may carry several captions ("captions": [...]); a CSV row holds one.
+    columns = ("image",) if path.suffix.lower() == ".json" else ("image", "caption")
+    pairs = []
+    for where, row in read_records(path, columns):
+        captions = row.get("captions", [row.get("caption")])
+        if isinstance(captions, str):
+            captions = [captions]
+        for caption in captions:
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"{path}, {where}: empty caption (or none)")
+            pairs.append((str(row["image"]), caption))
+    return pairs
 
 
 def _bundled_photos() -> RetrievalSet:
