@@ -167,6 +167,16 @@ def test_dtype_and_device_are_applied(hf_dir):
     assert loaded.text.encode_text(["a cat"]).dtype == torch.bfloat16
 
 
+def test_text_tower_to_casts_and_renews_its_fingerprint(hf_dir):
+    loaded = load_model(f"hf:{hf_dir}", dtype="float32")
+    text = loaded.text
+    before = text.fingerprint
+    assert text.to(dtype=torch.bfloat16) is text
+    assert next(text.text_module.parameters()).dtype == torch.bfloat16
+    assert text.fingerprint != before  # the weights' dtype is part of the cache key
+    assert text.encode_text(["a cat"]).dtype == torch.bfloat16
+
+
 def test_parse_dtype():
     assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype(torch.float16) is torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):

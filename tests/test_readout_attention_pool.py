@@ -54,3 +54,40 @@ def test_fused_equals_siglip2_head_without_padding():
 
 def test_other_heads_are_not_fused():
     assert not supports_fused_map_pool(torch.nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_fused_masked_equals_siglip2_head_with_padding(implementation):
+    torch.manual_seed(1)
+    config = Siglip2VisionConfig(hidden_size=48, num_attention_heads=4, intermediate_size=96)
+    config._attn_implementation = implementation
+    with torch.no_grad():
+        head = _head(Siglip2MultiheadAttentionPoolingHead, config, torch.float64)
+        hidden = torch.randn(5, 12, 48, dtype=torch.float64) * 2
+        # NaFlex patch masks: 1 = real patch, 0 = padding at the end of the row
+        mask = torch.ones(5, 12, dtype=torch.int32)
+        mask[0, 7:] = 0
+        mask[2, 1:] = 0
+        mask[3, 11:] = 0  # row 1 and row 4 are unpadded
+        expected = head(hidden, mask)
+        # The padding matters: without the mask every padded row would come out otherwise.
+        unmasked = fused_map_pool(head, hidden)
+        assert (unmasked - expected)[[0, 2, 3]].abs().amax(dim=-1).min() > 1e-3
+        torch.testing.assert_close(
+            fused_map_pool(head, hidden, mask), expected, atol=1e-10, rtol=1e-10
+        )
+        torch.testing.assert_close(
+            fused_map_pool(head, hidden, mask.bool()), expected, atol=1e-10, rtol=1e-10
+        )
+        # Padded tokens get no weight at all: their values do not matter.
+        garbage = hidden.masked_fill(~mask.bool()[..., None], 1e6)
+        torch.testing.assert_close(
+            fused_map_pool(head, garbage, mask), expected, atol=1e-10, rtol=1e-10
+        )
+
+
+def test_mask_of_the_wrong_shape_is_refused():
+    config = Siglip2VisionConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    head = _head(Siglip2MultiheadAttentionPoolingHead, config, torch.float64)
+    with pytest.raises(ValueError, match="patch mask has shape"):
+        fused_map_pool(head, torch.randn(2, 5, 16, dtype=torch.float64), torch.ones(2, 4))

@@ -105,6 +105,17 @@ def test_each_block_runs_once_per_batch(loaded, batch, layers):
     assert result.layers == tuple(sorted(set(layers) | {DEPTH}))
 
 
+def test_padded_batches_take_the_fused_head(saved, loaded, batch):
+    # SigLIP2's padded NaFlex batches too: the masked head is computed in its fused form
+    # (equal to the module, see test_every_layer_equals_head_of_norm_of_block_output), so
+    # neither the head module nor its attention module is called.
+    vision = loaded.vision.vision
+    assert loaded.vision.fused_head
+    with count_calls([vision.head, vision.head.attention, vision.head.mlp]) as counts:
+        loaded.vision.forward_layers(batch, [1, 2])
+    assert counts == [0, 0, 1]
+
+
 def test_text_embeddings_equal_library(saved, loaded, reference):
     from transformers import AutoTokenizer
 

@@ -21,7 +21,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from siglip_dola.models import load_model
-from siglip_dola.readout.janus import JanusImageTransform, read_janus_vision_weights
+from siglip_dola.readout.janus import (
+    JANUS_VISION_PREFIX,
+    JanusImageTransform,
+    checkpoint_shards,
+    read_janus_vision_weights,
+    read_pooling_head,
+)
 
 ATOL = 1e-5
 ARCH = "vit_large_patch16_siglip_384"  # the shape Janus uses; made tiny by the tensors
@@ -100,6 +106,75 @@ def test_shards_without_vision_keys_are_never_opened(tower, tmp_path, pixels):
             atol=ATOL,
             rtol=0,
         )
+
+
+def _break_shards_without_head(folder):
+    """Make every shard that holds no pooling-head key unreadable; returns their names."""
+    index_name = next(folder.glob("*.index.json"))
+    weight_map = json.loads(index_name.read_text())["weight_map"]
+    head_shards = {
+        f for k, f in weight_map.items() if k.startswith(JANUS_VISION_PREFIX + "attn_pool.")
+    }
+    broken = sorted(set(weight_map.values()) - head_shards)
+    assert head_shards and broken
+    for name in broken:
+        (folder / name).write_bytes(b"not a checkpoint")
+    return broken
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_reading_the_head_only_opens_the_shards_holding_it(tower, tmp_path, fmt):
+    folder = save_janus_checkpoint(tmp_path / "janus", tower, fmt)
+    _break_shards_without_head(folder)
+    own = {k: v for k, v in tower.state_dict().items() if k.startswith("attn_pool.")}
+    for head in (read_janus_vision_weights(folder, prefix="attn_pool."), read_pooling_head(folder)):
+        assert sorted(head) == sorted(own)
+        for key, value in own.items():
+            torch.testing.assert_close(head[key], value, atol=0, rtol=0)
+
+
+def test_a_prefix_without_tensors_is_named(folder):
+    with pytest.raises(
+        ValueError, match=r"holds no vision_model\.vision_tower\.nothing\.\* tensors"
+    ):
+        read_janus_vision_weights(folder, prefix="nothing.")
+
+
+def test_checkpoint_shards_from_the_index(tower, tmp_path):
+    folder = save_janus_checkpoint(tmp_path / "janus", tower)
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert checkpoint_shards(folder) == [folder / n for n in shards]
+    assert checkpoint_shards(folder, lambda k: k.startswith("language_model.")) == [
+        folder / shards[0]
+    ]
+    assert checkpoint_shards(folder, lambda k: k.startswith("no such key")) == []
+    (folder / shards[1]).unlink()
+    assert checkpoint_shards(folder, lambda k: k.startswith("language_model.")) == [
+        folder / shards[0]
+    ]
+    with pytest.raises(ValueError, match=r"names shards that are not in .*00002-of-00002"):
+        checkpoint_shards(folder)
+
+
+def test_checkpoint_shards_prefers_safetensors_and_falls_back_to_one_file(tmp_path):
+    with pytest.raises(ValueError, match="no weights in"):
+        checkpoint_shards(tmp_path)
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    torch.save({"a": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    assert checkpoint_shards(tmp_path, lambda k: False) == [tmp_path / "model.safetensors"]
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"a": "pytorch_model.bin"}})
+    )
+    assert checkpoint_shards(tmp_path) == [tmp_path / "pytorch_model.bin"]
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors"}})
+    )
+    assert checkpoint_shards(tmp_path) == [tmp_path / "model.safetensors"]
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weights": {}}))
+    with pytest.raises(ValueError, match="has no 'weight_map'"):
+        checkpoint_shards(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        checkpoint_shards(tmp_path / "nowhere")
 
 
 def test_missing_keys_are_named(tower, tmp_path):

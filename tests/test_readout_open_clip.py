@@ -99,6 +99,15 @@ def test_text_equals_encode_text(saved, loaded):
     assert loaded.logit_scale == pytest.approx(1.7)
 
 
+def test_text_tower_to_renews_its_fingerprint(saved):
+    config, weights, _ = saved
+    text = load_model(f"open_clip:{config}:{weights}").text
+    before = text.fingerprint
+    assert text.to(dtype=torch.float64) is text
+    assert next(text.text_module.parameters()).dtype == torch.float64
+    assert text.fingerprint != before
+
+
 def test_preprocess_is_open_clips(loaded, batch):
     assert batch["pixel_values"].shape == (3, 3, IMAGE, IMAGE)
 

@@ -29,12 +29,14 @@ import torch
 from torch import nn
 
 from siglip_dola.readout._common import (
+    SAFE_WEIGHT_SUFFIXES,
     load_state_dict_file,
     load_weights_strict,
     parse_dtype,
     read_json,
 )
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
+from siglip_dola.readout.janus import DEEPSEEK_MODEL_TYPE
 
 __all__ = ["SCHEMES", "ModelSpec", "detect_scheme", "load_model", "load_towers", "parse_spec"]
 
@@ -102,7 +104,7 @@ def detect_scheme(folder: Path) -> str:
         return "hf"
     if "architecture" in config:  # timm's save_for_hf / hub layout
         return "timm"
-    if config.get("model_type") == "multi_modality" or _janus_index(folder):
+    if config.get("model_type") == DEEPSEEK_MODEL_TYPE or _janus_index(folder):
         return "janus"  # DeepSeek's own checkpoint format
     raise ValueError(
         f"cannot tell what model {folder} holds: expected open_clip_config.json (open_clip), "
@@ -112,19 +114,19 @@ def detect_scheme(folder: Path) -> str:
 
 
 def _janus_index(folder: Path) -> bool:
-    from siglip_dola.readout.janus import INDEX_FILES, JANUS_VISION_PREFIX
+    """Whether the folder's index json maps Janus vision-tower keys to shards (a bare single
+    weight file says nothing without being opened)."""
+    from siglip_dola.readout.janus import INDEX_FILES, JANUS_VISION_PREFIX, checkpoint_shards
 
-    for name in INDEX_FILES:
-        if (folder / name).is_file():
-            weight_map = read_json(folder / name).get("weight_map", {})
-            return any(str(k).startswith(JANUS_VISION_PREFIX) for k in weight_map)
-    return False
+    if not any((folder / name).is_file() for name in INDEX_FILES):
+        return False
+    return bool(checkpoint_shards(folder, lambda key: key.startswith(JANUS_VISION_PREFIX)))
 
 
 def _looks_like_path(text: str) -> bool:
     return (
         text.startswith(("/", "./", "../", "~", "\\"))
-        or text.endswith((".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt"))
+        or text.endswith((".json", *SAFE_WEIGHT_SUFFIXES))
         or Path(text).expanduser().exists()
     )
 
@@ -178,7 +180,7 @@ def load_model(
         )
     vision.to(device=device, dtype=dtype)
     if text is not None:
-        text.text_module.to(device=device, dtype=dtype)
+        text.to(device=device, dtype=dtype)
     return LoadedModel(vision=vision, text=text, logit_scale=logit_scale)
 
 

@@ -23,11 +23,14 @@ import torch
 
 from siglip_dola.generate.convert import (
     DEEPSEEK_MODEL_TYPE,
+    DEEPSEEK_PAD_TAG,
     MARKER_FILE,
+    ConversionPlan,
     convert_checkpoint,
+    known_token_id,
     plan_conversion,
 )
-from siglip_dola.generate.sampling import SpecialTokens
+from siglip_dola.generate.sampling import IMAGE_START_TAG, SpecialTokens
 
 __all__ = [
     "HF_MODEL_TYPE",
@@ -42,20 +45,15 @@ __all__ = [
 
 HF_MODEL_TYPE = "janus"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where the weights are: ``kind`` is ``hf`` (folder), ``hub`` (id) or ``deepseek``."""
+    """Where the weights are: ``kind`` is ``hf`` (folder), ``hub`` (id) or ``deepseek``;
+    ``location`` is the absolute folder path or the hub id (a stable name for manifests)."""
 
     kind: str
     location: str
-
-    @property
-    def label(self) -> str:
-        """A stable name for manifests: absolute folder path or hub id."""
-        return self.location
 
 
 @dataclass
@@ -155,8 +153,11 @@ def quiet_transformers(progress: bool = True) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _hf_folder(source: ModelSource, converted_dir: Path | None, log) -> str:
-    """The HF-format location to load: converts a DeepSeek folder once."""
+def _hf_folder(
+    source: ModelSource, converted_dir: Path | None, log, plan: ConversionPlan | None = None
+) -> str:
+    """The HF-format location to load: converts a DeepSeek folder once (``plan``: its
+    :func:`check_deepseek` result, so that the checks are not redone)."""
     if source.kind != "deepseek":
         return source.location
     target = converted_dir or default_conversion_dir(source)
@@ -170,18 +171,12 @@ def _hf_folder(source: ModelSource, converted_dir: Path | None, log) -> str:
         f"(once; `siglip-dola janus-convert` does this ahead of time)"
     )
     with quiet_transformers():
-        convert_checkpoint(source.location, target)
+        convert_checkpoint(source.location, target, plan=plan)
     return str(target)
 
 
 def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
     """BOS, pad and ``<begin_of_image>`` ids from the tokenizer (generation config as backup)."""
-
-    def known(token: str) -> int | None:
-        value = tokenizer.convert_tokens_to_ids(token)
-        unk = getattr(tokenizer, "unk_token_id", None)
-        return None if value is None or (unk is not None and value == unk) else int(value)
-
     gen = generation_config
     extra = dict(getattr(gen, "generation_kwargs", None) or {})
     bos = (
@@ -191,9 +186,9 @@ def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
     )
     pad = tokenizer.pad_token_id
     if pad is None:
-        pad = known(DEEPSEEK_PAD_TAG) or getattr(gen, "pad_token_id", None)
-    boi = known("<begin_of_image>") or extra.get("boi_token_id")
-    missing = [n for n, v in (("BOS", bos), ("pad", pad), ("<begin_of_image>", boi)) if v is None]
+        pad = known_token_id(tokenizer, DEEPSEEK_PAD_TAG) or getattr(gen, "pad_token_id", None)
+    boi = known_token_id(tokenizer, IMAGE_START_TAG) or extra.get("boi_token_id")
+    missing = [n for n, v in (("BOS", bos), ("pad", pad), (IMAGE_START_TAG, boi)) if v is None]
     if missing:
         raise ValueError(f"the tokenizer defines no {', '.join(missing)} token")
     return SpecialTokens(bos=int(bos), pad=int(pad), boi=int(boi))
@@ -213,11 +208,13 @@ def load_janus(
     converted_dir: Path | None = None,
     log=print,
     progress: bool = True,
+    plan: ConversionPlan | None = None,
 ) -> JanusBundle:
-    """Load model + tokenizer in eval mode on ``device``; converts DeepSeek folders first."""
+    """Load model + tokenizer in eval mode on ``device``; converts DeepSeek folders first
+    (``plan``: the folder's :func:`check_deepseek` result, where there is one)."""
     from transformers import AutoTokenizer, JanusForConditionalGeneration
 
-    location = _hf_folder(source, converted_dir, log)
+    location = _hf_folder(source, converted_dir, log, plan)
     local = source.kind != "hub"
     try:
         with quiet_transformers(progress):
@@ -232,8 +229,10 @@ def load_janus(
     return JanusBundle(model, tokenizer, special_tokens(tokenizer, model.generation_config), source)
 
 
-def check_deepseek(source: ModelSource) -> None:
-    """Validate a DeepSeek folder (config, shards, keys) without loading tensor data."""
-    if source.kind == "deepseek":
-        with quiet_transformers():
-            plan_conversion(source.location)
+def check_deepseek(source: ModelSource) -> ConversionPlan | None:
+    """Validate a DeepSeek folder (config, shards, keys) without loading tensor data; the
+    plan it returns saves :func:`load_janus` working it out again."""
+    if source.kind != "deepseek":
+        return None
+    with quiet_transformers():
+        return plan_conversion(source.location)

@@ -56,21 +56,25 @@ from typing import Any
 
 import torch
 
+from siglip_dola.generate.sampling import IMAGE_START_TAG
+from siglip_dola.readout._common import load_state_dict_file
+from siglip_dola.readout.janus import DEEPSEEK_MODEL_TYPE, JANUS_VISION_PREFIX, checkpoint_shards
+
 __all__ = [
     "DEEPSEEK_MODEL_TYPE",
+    "DEEPSEEK_PAD_TAG",
     "ConversionError",
     "convert_checkpoint",
     "convert_tensors",
     "deepseek_shards",
     "hf_config_from_deepseek",
-    "is_deepseek_folder",
+    "known_token_id",
     "map_key",
 ]
 
-DEEPSEEK_MODEL_TYPE = "multi_modality"
-INDEX_FILES = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
-SINGLE_FILES = ("pytorch_model.bin", "model.safetensors")
-VISION = "vision_model.vision_tower."
+DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"  # DeepSeek's pad token when the tokenizer names no pad
+IMAGE_PLACEHOLDER_TAG = "<image_placeholder>"
+VISION = JANUS_VISION_PREFIX
 ATTN_POOL_FILE = "vision_attn_pool.safetensors"
 MARKER_FILE = "janus_conversion.json"
 TOKENIZER_FILES = re.compile(
@@ -137,20 +141,15 @@ _RULES: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(r"^gen_embed\.(.+)$"), r"model.generation_embeddings.\1"),
     (re.compile(r"^gen_vision_model\.quantize\.codebook_used$"), None),
     (
-        re.compile(r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.res\.(.+)$"),
-        r"model.vqmodel.encoder.down.\1.block.\2",
+        re.compile(r"^gen_vision_model\.(encoder|decoder)\.conv_blocks\.(\d+)\.res\.(.+)$"),
+        r"model.vqmodel.\1.{level:\1}.\2.block.\3",
     ),
     (
-        re.compile(r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.res\.(.+)$"),
-        r"model.vqmodel.decoder.up.\1.block.\2",
-    ),
-    (
-        re.compile(r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.(attn|downsample)\.(.+)$"),
-        r"model.vqmodel.encoder.down.\1.\2.\3",
-    ),
-    (
-        re.compile(r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.(attn|upsample)\.(.+)$"),
-        r"model.vqmodel.decoder.up.\1.\2.\3",
+        re.compile(
+            r"^gen_vision_model\.(encoder|decoder)\.conv_blocks\.(\d+)\."
+            r"(attn|downsample|upsample)\.(.+)$"
+        ),
+        r"model.vqmodel.\1.{level:\1}.\2.\3.\4",
     ),
     (
         re.compile(r"^gen_vision_model\.(encoder|decoder)\.mid\.([012])\.(.+)$"),
@@ -158,7 +157,11 @@ _RULES: list[tuple[re.Pattern[str], str | None]] = [
     ),
     (re.compile(r"^gen_vision_model\.(.+)$"), r"model.vqmodel.\1"),
 ]
-_MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}
+# Words that the templates' {kind:group} placeholders stand for.
+_WORDS = {
+    "mid": {"0": "block_1", "1": "attn_1", "2": "block_2"},
+    "level": {"encoder": "down", "decoder": "up"},
+}
 
 
 def map_key(key: str) -> str | None:
@@ -175,7 +178,7 @@ def map_key(key: str) -> str | None:
             return None
         name = match.expand(template)
         name = re.sub(r"\{half-1:(\d+)\}", lambda m: _half_minus_one(key, m.group(1)), name)
-        return re.sub(r"\{mid:([012])\}", lambda m: _MID[m.group(1)], name)
+        return re.sub(r"\{(mid|level):(\w+)\}", lambda m: _WORDS[m.group(1)][m.group(2)], name)
     raise ConversionError(f"unknown key {key!r}: not part of a DeepSeek Janus checkpoint")
 
 
@@ -207,52 +210,12 @@ def convert_tensors(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- reading
 
 
-def is_deepseek_folder(folder: Path | str) -> bool:
-    """Whether ``folder`` holds a DeepSeek-format (``multi_modality``) checkpoint."""
-    config = Path(folder) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == (
-            DEEPSEEK_MODEL_TYPE
-        )
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def deepseek_shards(folder: Path) -> list[Path]:
     """The weight files of a checkpoint folder, from its index json or its single file."""
-    for index_name in INDEX_FILES:
-        index = folder / index_name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ConversionError(f"{index} is not a valid index json ({exc})") from None
-            names = sorted(set(weight_map.values()))
-            missing = [n for n in names if not (folder / n).is_file()]
-            if missing:
-                raise ConversionError(f"{index} names shards missing from {folder}: {missing}")
-            return [folder / n for n in names]
-    for single in SINGLE_FILES:
-        if (folder / single).is_file():
-            return [folder / single]
-    raise ConversionError(
-        f"no weights in {folder}: expected {' or '.join(INDEX_FILES)} with its shards, or one "
-        f"of {', '.join(SINGLE_FILES)}"
-    )
-
-
-def _load_shard(path: Path) -> dict[str, torch.Tensor]:
-    """A shard's tensors, memory-mapped where the format allows; never unpickles code."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch.save files cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return checkpoint_shards(folder)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -261,7 +224,7 @@ def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    return {k: tuple(v.shape) for k, v in _load_shard(path).items()}
+    return {k: tuple(v.shape) for k, v in load_state_dict_file(path).items()}
 
 
 def read_deepseek_config(folder: Path) -> dict[str, Any]:
@@ -493,6 +456,13 @@ def plan_conversion(source: Path | str) -> ConversionPlan:
     return ConversionPlan(source, shards, shapes, hf_config, special)
 
 
+def known_token_id(tokenizer, text: str) -> int | None:
+    """The id of the single token ``text``; ``None`` where the tokenizer does not know it."""
+    value = tokenizer.convert_tokens_to_ids(text)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return None if value is None or (unk is not None and value == unk) else int(value)
+
+
 def _tokenizer_ids(folder: Path) -> dict[str, int | None]:
     """Special-token ids from the checkpoint's tokenizer (for the generation config)."""
     from transformers import AutoTokenizer
@@ -501,20 +471,13 @@ def _tokenizer_ids(folder: Path) -> dict[str, int | None]:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"cannot read the tokenizer in {folder} ({exc})") from None
-
-    def token_id(text: str) -> int | None:
-        value = tokenizer.convert_tokens_to_ids(text)
-        return None if value is None or value == tokenizer.unk_token_id else int(value)
-
     pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = token_id("<｜▁pad▁｜>")  # DeepSeek's pad tag when the tokenizer sets no pad
     return {
         "bos": tokenizer.bos_token_id,
         "eos": tokenizer.eos_token_id,
-        "pad": pad,
-        "boi": token_id("<begin_of_image>"),
-        "image": token_id("<image_placeholder>"),
+        "pad": known_token_id(tokenizer, DEEPSEEK_PAD_TAG) if pad is None else pad,
+        "boi": known_token_id(tokenizer, IMAGE_START_TAG),
+        "image": known_token_id(tokenizer, IMAGE_PLACEHOLDER_TAG),
     }
 
 
@@ -545,13 +508,15 @@ def _convert_shards(
     for number, shard in enumerate(plan.shards, start=1):
         name = f"model-{number:05d}-of-{count:05d}.safetensors"
         converted: dict[str, torch.Tensor] = {}
-        for key, tensor in _load_shard(shard).items():
+        for key, tensor in load_state_dict_file(shard).items():
             if key.startswith(VISION + "attn_pool."):
-                aside[key[len(VISION) :]] = tensor.contiguous().clone()
+                aside[key[len(VISION) :]] = tensor.clone(memory_format=torch.contiguous_format)
             for new, value in convert_tensors(key, tensor).items():
-                if dtype is not None and value.is_floating_point():
-                    value = value.to(dtype)
-                converted[new] = value.contiguous().clone()  # no storage shared with the source
+                cast = dtype if dtype is not None and value.is_floating_point() else value.dtype
+                # One contiguous copy: no storage shared with the source (or its memory map).
+                converted[new] = value.to(
+                    dtype=cast, memory_format=torch.contiguous_format, copy=True
+                )
         save_file(converted, str(work / name), metadata={"format": "pt"})
         total += sum(t.numel() * t.element_size() for t in converted.values())
         weight_map.update(dict.fromkeys(converted, name))
@@ -569,16 +534,19 @@ def convert_checkpoint(
     overwrite: bool = False,
     dtype: torch.dtype | None = None,
     on_shard: Callable[[Path], None] | None = None,
+    plan: ConversionPlan | None = None,
 ) -> Path:
     """Convert a DeepSeek-format folder to an HF-format folder at ``destination``.
 
-    Writes into a temporary sibling folder and renames it into place at the end, so an
-    interrupted conversion never leaves a folder that looks complete.
+    ``plan``: :func:`plan_conversion` of ``source`` where the caller has it already (it is
+    worked out here otherwise). Writes into a temporary sibling folder and renames it into
+    place at the end, so an interrupted conversion never leaves a folder that looks complete.
     """
     destination = Path(destination).expanduser()
     if destination.exists() and not overwrite:
         raise FileExistsError(f"{destination} already exists; pass --overwrite to replace it")
-    plan = plan_conversion(source)
+    if plan is None or plan.source != Path(source).expanduser():
+        plan = plan_conversion(source)
     destination.parent.mkdir(parents=True, exist_ok=True)
     work = destination.parent / f".{destination.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)

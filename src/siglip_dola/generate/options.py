@@ -22,14 +22,15 @@ from siglip_dola.generate.backend import (
     default_conversion_dir,
     resolve_model,
 )
-from siglip_dola.generate.convert import MARKER_FILE
+from siglip_dola.generate.convert import MARKER_FILE, ConversionPlan
 from siglip_dola.generate.prompts import load_negatives, load_prompts
 from siglip_dola.generate.sampling import SamplingConfig
 from siglip_dola.generate.select import SELECT_MODES
+from siglip_dola.readout._common import parse_dtype as torch_dtype_of
 
 __all__ = [
-    "DTYPES",
     "PROMPT_FORMAT",
+    "SUPPORTED_DTYPES",
     "GenerateOptions",
     "parse_batch_prompts",
     "parse_device",
@@ -37,7 +38,7 @@ __all__ = [
     "parse_shard",
 ]
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 PROMPT_FORMAT = "deepseek-t2i"  # names the prompt template + CFG recipe in the manifest
 LAYER_ARG = re.compile(r"^\s*(all|bucket:\d+|\d+(-\d+)?)(\s*,\s*(all|bucket:\d+|\d+(-\d+)?))*\s*$")
 
@@ -67,6 +68,8 @@ class GenerateOptions:
     jpeg_quality: int = 95
     converted_dir: Path | None = None
     quiet: bool = False
+    # The checked conversion of a DeepSeek folder not yet converted (reused by the loader).
+    conversion: ConversionPlan | None = field(default=None, repr=False, compare=False)
 
     @property
     def candidates(self) -> int:
@@ -77,7 +80,7 @@ class GenerateOptions:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        return torch_dtype_of(self.dtype)
 
     def settings(self) -> dict[str, Any]:
         """What an image depends on besides (seed, prompt index): a rerun with other values
@@ -87,7 +90,7 @@ class GenerateOptions:
             negatives = hashlib.sha1("\n".join(self.negatives).encode()).hexdigest()[:16]
         scoring = self.select != "first"
         return {
-            "model": self.source.label,
+            "model": self.source.location,
             "prompt_format": PROMPT_FORMAT,
             "candidates": self.candidates,
             "per_prompt": self.per_prompt,
@@ -114,7 +117,7 @@ class GenerateOptions:
             temperature=float(args.temperature),
             top_k=int(args.top_k),
         )
-        dtype = parse_dtype(args.dtype)
+        dtype = dtype_name(parse_dtype(args.dtype))
         shard = parse_shard(args.shard)
         device = parse_device(args.device, distributed=shard[1] > 1 and args.shard is None)
         out = Path(args.out).expanduser()
@@ -124,10 +127,12 @@ class GenerateOptions:
         scoring = _check_selection(args)
         negatives = load_negatives(args.negatives) if args.negatives else None
         converted = Path(args.converted_dir).expanduser() if args.converted_dir else None
+        conversion = None
         if source.kind == "deepseek":
             target = converted or default_conversion_dir(source)
             if not (target / MARKER_FILE).is_file():
-                check_deepseek(source)  # key names and shapes, before any minutes-long load
+                # key names and shapes, before any minutes-long load
+                conversion = check_deepseek(source)
         return cls(
             prompts=prompts,
             out=out,
@@ -150,6 +155,7 @@ class GenerateOptions:
             jpeg_quality=int(args.jpeg_quality),
             converted_dir=converted,
             quiet=bool(args.quiet),
+            conversion=conversion,
         )
 
 
@@ -209,10 +215,21 @@ def _check_model_spec(spec: str, flag: str) -> None:
                 raise ValueError(f"{flag} {spec}: {part} does not exist")
 
 
-def parse_dtype(text: str) -> str:
-    if text not in DTYPES:
-        raise ValueError(f"unknown dtype {text!r}; expected one of {', '.join(DTYPES)}")
-    return text
+def parse_dtype(text: str) -> torch.dtype:
+    """``--dtype``: bfloat16, float16 or float32 (or an alias such as bf16)."""
+    try:
+        dtype = torch_dtype_of(text)
+    except ValueError:
+        dtype = None
+    if dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES)
+        raise ValueError(f"unknown dtype {text!r}; expected one of {names}")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``bfloat16`` for ``torch.bfloat16`` (the name settings and manifests record)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def parse_device(text: str, distributed: bool = False) -> str:

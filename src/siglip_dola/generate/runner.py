@@ -113,6 +113,7 @@ class Manifest:
     """
 
     def __init__(self, out: Path) -> None:
+        self.out = out
         self.path = out / MANIFEST
         self.lock_path = out / ".manifest.lock"
 
@@ -136,7 +137,7 @@ class Manifest:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def rebuild(self, out: Path, prompts: Sequence[str], skip: Sequence[int] = ()) -> int:
+    def rebuild(self, prompts: Sequence[str], skip: Sequence[int] = ()) -> int:
         """Rewrite from the records of finished prompts (``skip``: prompts about to be
         redone); returns the number of lines."""
         skipped = set(skip)
@@ -145,7 +146,7 @@ class Manifest:
             for index, prompt in enumerate(prompts):
                 if index in skipped:
                     continue
-                record = read_record(out / prompt_dir_name(index, len(prompts)))
+                record = read_record(self.out / prompt_dir_name(index, len(prompts)))
                 if record is not None and record.get("prompt") == prompt:
                     lines.append(json.dumps(record, ensure_ascii=False) + "\n")
             atomic_write_text(self.path, "".join(lines))
@@ -214,7 +215,6 @@ class RunSummary:
     skipped: int  # prompts already finished
     images: int  # images written
     seconds: float
-    batch_prompts: int = 0
 
 
 def auto_batch_prompts(bundle: JanusBundle, rows_per_prompt: int, prompt_tokens: int) -> int:
@@ -317,10 +317,10 @@ def run_generation(opts: GenerateOptions, log=print) -> RunSummary:
     log(f"{len(plan.todo)} prompt(s) to generate, {len(plan.finished)} already finished{shard}")
     if not plan.todo:
         if opts.out.is_dir():
-            manifest.rebuild(opts.out, opts.prompts)
+            manifest.rebuild(opts.prompts)
         return RunSummary(0, len(plan.finished), 0, time.perf_counter() - start)
     opts.out.mkdir(parents=True, exist_ok=True)
-    manifest.rebuild(opts.out, opts.prompts, skip=plan.todo)
+    manifest.rebuild(opts.prompts, skip=plan.todo)
     _forget(opts, plan.todo)
     if opts.select == "first" and opts.parallel_size > opts.per_prompt:
         log(
@@ -328,19 +328,17 @@ def run_generation(opts: GenerateOptions, log=print) -> RunSummary:
             f"candidates; --select siglip|dola chooses among all {opts.parallel_size})"
         )
     try:
-        images, batch_size = _generate(opts, plan.todo, manifest, shard, log)
+        images = _generate(opts, plan.todo, manifest, shard, log)
     finally:  # also on Ctrl-C: leave a sorted manifest of what is finished
-        manifest.rebuild(opts.out, opts.prompts)
+        manifest.rebuild(opts.prompts)
     seconds = time.perf_counter() - start
-    return RunSummary(len(plan.todo), len(plan.finished), images, seconds, batch_size)
+    return RunSummary(len(plan.todo), len(plan.finished), images, seconds)
 
 
-def _generate(
-    opts: GenerateOptions, todo: list[int], manifest: Manifest, shard: str, log
-) -> tuple[int, int]:
-    """Load the models and generate ``todo``; returns (images written, prompts per batch)."""
+def _generate(opts: GenerateOptions, todo: list[int], manifest: Manifest, shard: str, log) -> int:
+    """Load the models and generate ``todo``; returns the number of images written."""
     scorer = _load_scorer(opts)  # small, and its layer checks should fail before the 7B load
-    log(f"loading {opts.source.label} ({opts.dtype}, {opts.device})")
+    log(f"loading {opts.source.location} ({opts.dtype}, {opts.device})")
     bundle = load_janus(
         opts.source,
         opts.device,
@@ -348,6 +346,7 @@ def _generate(
         converted_dir=opts.converted_dir,
         log=log,
         progress=not opts.quiet,
+        plan=opts.conversion,
     )
     ids = {i: encode_prompt(bundle.tokenizer, opts.prompts[i], bundle.special) for i in todo}
     rows_per_prompt = opts.candidates * (2 if opts.sampling.guidance else 1)
@@ -374,4 +373,4 @@ def _generate(
                 manifest.append(record)
                 images_written += len(record["files"])
                 bar.update(1)
-    return images_written, batch_size
+    return images_written

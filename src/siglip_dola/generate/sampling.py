@@ -208,7 +208,6 @@ def generate_image_tokens(
     rows: Sequence[ImageRow],
     config: SamplingConfig,
     special: SpecialTokens,
-    num_tokens: int | None = None,
 ) -> torch.Tensor:
     """Image tokens [R, T] for each row, decoded together with one KV cache.
 
@@ -221,25 +220,29 @@ def generate_image_tokens(
     inner = model.model
     lm = inner.language_model
     device = next(model.parameters()).device
-    steps = image_token_count(model) if num_tokens is None else int(num_tokens)
+    steps = image_token_count(model)
     batch = len(rows)
 
     prompts = [list(r.input_ids) for r in rows]
     if config.guidance:
         prompts += [list(unconditional_ids(p, special.pad)) for p in prompts]
-    ids, mask = left_pad(prompts, special.pad)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    ids, prompt_mask = left_pad(prompts, special.pad)
+    length = ids.shape[1]
+    ids = ids.to(device)
+    # The whole run's attention mask, allocated once: the prompt's, then ones for the image
+    # tokens; each step passes the filled part.
+    mask = torch.ones((ids.shape[0], length + steps), dtype=torch.long, device=device)
+    mask[:, :length] = prompt_mask
+    positions = (mask[:, :length].cumsum(-1) - 1).clamp_(min=0)
     uniforms = _uniforms([r.seed for r in rows], steps, device)
     tokens = torch.zeros((batch, steps), dtype=torch.long, device=device)
 
     embeds = model.get_input_embeddings()(ids)
-    length = ids.shape[1]
     cache = _kv_cache(model, length + steps)
     cache_positions = torch.arange(length + steps, device=device)  # sliced, not rebuilt
     out = lm(
         inputs_embeds=embeds,
-        attention_mask=mask,
+        attention_mask=mask[:, :length],
         position_ids=positions,
         past_key_values=cache,
         cache_position=cache_positions[:length],
@@ -256,11 +259,10 @@ def generate_image_tokens(
         if config.guidance:
             next_tokens = torch.cat([next_tokens, next_tokens])
         embeds = inner.generation_aligner(inner.generation_embeddings(next_tokens)).unsqueeze(1)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         positions = positions[:, -1:] + 1
         out = lm(
             inputs_embeds=embeds,
-            attention_mask=mask,
+            attention_mask=mask[:, : length + step + 1],
             position_ids=positions,
             past_key_values=cache,
             cache_position=cache_positions[length + step : length + step + 1],

@@ -31,6 +31,7 @@ from siglip_dola.readout.base import LoadedModel
 __all__ = ["SELECT_MODES", "CandidateScore", "CandidateScorer", "rank_candidates"]
 
 SELECT_MODES = ("first", "siglip", "dola")
+BATCH_SIZE = 64  # texts / images per scorer forward pass
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,6 @@ class CandidateScorer:
         texts: Sequence[str],
         layers: str | Sequence[int] | None = None,
         alpha: float = 0.1,
-        tau: float | None = None,
-        batch_size: int = 64,
     ) -> None:
         """``texts``: every prompt and negative that will be scored (encoded once here).
         ``layers``: DoLa candidate layers (``18,20,22``, ``bucket:3``...; default: the even
@@ -89,10 +88,9 @@ class CandidateScorer:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.model = model
         self.alpha = float(alpha)
-        self.tau = model.tau if tau is None else float(tau)
+        self.tau = model.tau
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
-        self.batch_size = batch_size
         self.candidate_layers = self._candidate_layers(layers)
         self._rows = {text: i for i, text in enumerate(dict.fromkeys(texts))}
         self._bank = self._encode(list(self._rows))
@@ -108,8 +106,8 @@ class CandidateScorer:
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> torch.Tensor:
         rows = [
-            self.model.text.encode_text(texts[i : i + self.batch_size]).float().cpu()
-            for i in range(0, len(texts), self.batch_size)
+            self.model.text.encode_text(texts[i : i + BATCH_SIZE]).float().cpu()
+            for i in range(0, len(texts), BATCH_SIZE)
         ]
         bank = torch.cat(rows)
         if not torch.isfinite(bank).all():
@@ -134,8 +132,8 @@ class CandidateScorer:
         bank = self._bank[[self._rows[t] for t in classes]]
         vision = self.model.vision
         out: list[CandidateScore] = []
-        for start in range(0, len(images), self.batch_size):
-            batch = vision.preprocess(list(images[start : start + self.batch_size]))
+        for start in range(0, len(images), BATCH_SIZE):
+            batch = vision.preprocess(list(images[start : start + BATCH_SIZE]))
             emb = vision.forward_layers(batch, self.candidate_layers)
             scores = class_scores(emb.embeddings.float().cpu(), bank, self.tau, normalize=True)
             final = scores[-1]  # layers are ascending and end with N

@@ -59,10 +59,24 @@ class MapPooling:
         self.head = head
         self.width = width
 
-    def mix(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, T, E] -> the per-head attention-weighted token averages [B, H, E]."""
-        weights = torch.matmul(self.fold.T, tokens.transpose(1, 2)).softmax(dim=-1)  # [B, H, T]
-        return torch.bmm(weights, tokens)
+    def mix(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, E] -> the per-head attention-weighted token averages [B, H, E].
+
+        ``mask`` [B, T] (bool or 0/1; true = a real token) leaves padded tokens out of the
+        softmax, as SigLIP2's head does with its additive mask of the dtype's lowest value:
+        the scores of padded tokens are set to that value, so their weights are exactly 0
+        (and a row without any real token averages all tokens uniformly, as the module does).
+        """
+        scores = torch.matmul(self.fold.T, tokens.transpose(1, 2))  # [B, H, T]
+        if mask is not None:
+            if mask.shape != tokens.shape[:2]:
+                raise ValueError(
+                    f"the patch mask has shape {tuple(mask.shape)}; expected "
+                    f"{tuple(tokens.shape[:2])} (batch, tokens)"
+                )
+            padded = ~mask.to(device=scores.device, dtype=torch.bool)
+            scores = scores.masked_fill(padded[:, None, :], torch.finfo(scores.dtype).min)
+        return torch.bmm(scores.softmax(dim=-1), tokens)
 
     def project(self, mixed: torch.Tensor) -> torch.Tensor:
         """[B, H, E] from :meth:`mix` -> the head's output [B, E]."""
@@ -70,14 +84,13 @@ class MapPooling:
         pooled = self.head.attention.out_proj(values.reshape(-1, self.width))
         return pooled + self.head.mlp(self.head.layernorm(pooled))
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.project(self.mix(tokens))
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project(self.mix(tokens, mask))
 
 
-def fused_map_pool(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden)`` for a MAP head without a padding mask: [B, T, E] -> [B, E].
-
-    (SigLIP2's padded NaFlex batches go through the module itself: its masked attention is
-    what the library computes and is left to the library.)
-    """
-    return MapPooling(head)(hidden)
+def fused_map_pool(
+    head: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``head(hidden)`` (``head(hidden, mask)`` for SigLIP2's padded NaFlex batches, ``mask``
+    [B, T] true on real tokens) for a MAP head: [B, T, E] -> [B, E]."""
+    return MapPooling(head)(hidden, mask)

@@ -74,6 +74,9 @@ class TextEncoder(Protocol):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings [C, D] of ``texts`` with the model's own tokenizer settings (unnormalised)."""
 
+    def to(self, device: Any = None, dtype: Any = None) -> TextEncoder:
+        """Move/cast the text tower; returns self (the fingerprint follows the new dtype)."""
+
 
 @dataclass
 class LoadedModel:

@@ -4,7 +4,7 @@ The readout runs the vision tower's own embeddings and encoder layers once and p
 requested layers' outputs through ``post_layernorm`` + ``head``: the MAP head's token
 reduction per layer as the block produces it, the rest for all layers in one call.
 SigLIP2 (NaFlex) inputs carry ``pixel_attention_mask`` and ``spatial_shapes``; the mask goes
-to the encoder and to the pooling head, as in the model.
+to the encoder and to the pooling head (padded tokens left out of its softmax), as in the model.
 
 Works with transformers 4.4x (tensors from ``get_*_features``, layers returning tuples,
 ``vision_model`` wrapping a ``*VisionTransformer``) and 5.x (output objects, flat
@@ -139,17 +139,19 @@ class HFSiglipReadout:
         batch = self._inputs(batch)
         hidden, encoder_mask = self._embed(batch)
         patch_mask = batch.get("pixel_attention_mask") if self.naflex else None
-        # Without a padding mask the fused head reduces each layer's tokens as the block
-        # produces them; otherwise the layers are stacked and pooled by the module itself.
-        pooling = MapPooling(self.vision.head) if self.fused_head and patch_mask is None else None
+        # The fused head reduces each layer's tokens as the block produces them (padded NaFlex
+        # tokens left out); any other head gets the layers stacked and pools them as a module.
+        # Folding the head per batch costs O(width^2) and never goes stale.
+        pooling = MapPooling(self.vision.head) if self.fused_head else None
         kept: list[torch.Tensor | None] = [None] * len(numbers)
         for index, block in enumerate(self.blocks):
             hidden = _block_output(block(hidden, encoder_mask))
             if index in slot:
-                tokens = (
-                    hidden if pooling is None else pooling.mix(self.vision.post_layernorm(hidden))
+                kept[slot[index]] = (
+                    hidden
+                    if pooling is None
+                    else pooling.mix(self.vision.post_layernorm(hidden), patch_mask)
                 )
-                kept[slot[index]] = tokens
         if pooling is not None:
             pooled = pooling.project(torch.cat(kept))
         else:
@@ -212,6 +214,12 @@ class HFSiglipText:
     @property
     def text_module(self) -> nn.Module:
         return self.model.text_model
+
+    def to(self, device: Any = None, dtype: Any = None) -> HFSiglipText:
+        """Move/cast the text tower; returns self (the fingerprint hashes the dtype)."""
+        self.text_module.to(device=device, dtype=dtype)
+        self._fingerprint = None
+        return self
 
     @property
     def fingerprint(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,22 @@ from siglip_dola.readout._common import (
 from siglip_dola.readout.timm_vit import TimmViTReadout
 
 __all__ = [
+    "DEEPSEEK_MODEL_TYPE",
     "DEFAULT_ARCHITECTURE",
     "JANUS_VISION_PREFIX",
     "JanusImageTransform",
     "build_janus_vision_tower",
+    "checkpoint_shards",
     "load_janus_vision",
     "read_janus_vision_weights",
     "read_pooling_head",
 ]
 
 JANUS_VISION_PREFIX = "vision_model.vision_tower."
+DEEPSEEK_MODEL_TYPE = "multi_modality"  # config.json model_type of DeepSeek-format checkpoints
 DEFAULT_ARCHITECTURE = "vit_large_patch16_siglip_384"
 HEAD_PREFIX = "attn_pool."
+# Looked for in this order: an index json (safetensors first), else a single weight file.
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 # Prefixes under which a timm ViT with a SigLIP head sits in the checkpoints --head-from takes.
@@ -53,35 +57,65 @@ HEAD_FLAG_HINT = (
 # ----------------------------------------------------------------------------- reading
 
 
-def read_janus_vision_weights(folder: Path | str) -> dict[str, torch.Tensor]:
-    """The ``vision_model.vision_tower.*`` tensors of a Janus checkpoint, prefix removed."""
+def read_janus_vision_weights(folder: Path | str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The ``vision_model.vision_tower.*`` tensors of a Janus checkpoint, prefix removed.
+
+    ``prefix`` narrows them to tower keys starting with it (``"attn_pool."``: the pooling
+    head only): only the shards holding such keys are opened, and only those keys are read.
+    """
+    weights = _read_janus_tower(folder, prefix)
+    if weights:
+        return weights
+    if prefix:
+        raise ValueError(f"{folder} holds no {JANUS_VISION_PREFIX}{prefix}* tensors")
+    raise ValueError(
+        f"{folder} holds no {JANUS_VISION_PREFIX}* tensors: not a DeepSeek-format Janus "
+        f"checkpoint (HF-format Janus models carry no SigLIP pooling head)"
+    )
+
+
+def _read_janus_tower(folder: Path | str, prefix: str = "") -> dict[str, torch.Tensor]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"Janus checkpoint folder {folder} does not exist")
+    full_prefix = JANUS_VISION_PREFIX + prefix
 
     def wanted(key: str) -> bool:
-        return key.startswith(JANUS_VISION_PREFIX)
+        return key.startswith(full_prefix)
 
     weights: dict[str, torch.Tensor] = {}
-    for shard in _vision_shards(folder):
+    for shard in checkpoint_shards(folder, wanted):
         weights.update(load_state_dict_file(shard, select=wanted))
-    if not weights:
-        raise ValueError(
-            f"{folder} holds no {JANUS_VISION_PREFIX}* tensors: not a DeepSeek-format Janus "
-            f"checkpoint (HF-format Janus models carry no SigLIP pooling head)"
-        )
     return {key[len(JANUS_VISION_PREFIX) :]: value for key, value in weights.items()}
 
 
-def _vision_shards(folder: Path) -> list[Path]:
-    """Shards that hold vision-tower keys (from the index json), or the single weight file."""
+def checkpoint_shards(
+    folder: Path | str, key_filter: Callable[[str], bool] | None = None
+) -> list[Path]:
+    """The weight files of a checkpoint folder to read for the keys ``key_filter`` accepts.
+
+    With an index json (``model.safetensors.index.json``, else
+    ``pytorch_model.bin.index.json``): the distinct shards its ``weight_map`` names for the
+    accepted keys (all keys when ``key_filter`` is None), sorted by name - possibly none; a
+    listed shard missing from the folder is an error. Without an index: the single file
+    ``model.safetensors``, else ``pytorch_model.bin``, whatever it holds (the caller selects
+    keys while reading it). No weight files at all is an error. Raises ValueError.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"checkpoint folder {folder} does not exist")
     for index_name in INDEX_FILES:
         index = folder / index_name
         if index.is_file():
-            weight_map = read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ValueError(f"{index} has no 'weight_map' object")
-            names = sorted({f for k, f in weight_map.items() if k.startswith(JANUS_VISION_PREFIX)})
+            content = read_json(index)
+            weight_map = content.get("weight_map") if isinstance(content, dict) else None
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(f, str) for f in weight_map.values()
+            ):
+                raise ValueError(f"{index} has no 'weight_map' object of key -> shard file name")
+            names = sorted(
+                {f for k, f in weight_map.items() if key_filter is None or key_filter(k)}
+            )
             missing = [n for n in names if not (folder / n).is_file()]
             if missing:
                 raise ValueError(f"{index} names shards that are not in {folder}: {missing}")
@@ -109,9 +143,8 @@ def read_pooling_head(source: Path | str) -> dict[str, torch.Tensor]:
             )
         ]
         found = [c for c in candidates if c.is_file()]
-        if not found and _has_index(path):  # another Janus checkpoint
-            tower = read_janus_vision_weights(path)
-            return {k: v for k, v in tower.items() if k.startswith(HEAD_PREFIX)} or _no_head(path)
+        if not found and _has_index(path):  # another Janus checkpoint: read its head only
+            return _read_janus_tower(path, prefix=HEAD_PREFIX) or _no_head(path)
         if not found:
             return _no_head(path)
         path = found[0]

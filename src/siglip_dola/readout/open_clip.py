@@ -77,6 +77,12 @@ class OpenClipText:
             self._fingerprint = weights_fingerprint(self.text_module, extra=self.name)
         return self._fingerprint
 
+    def to(self, device: Any = None, dtype: Any = None) -> OpenClipText:
+        """Move/cast the text tower; returns self (the fingerprint hashes the dtype)."""
+        self.text_module.to(device=device, dtype=dtype)
+        self._fingerprint = None
+        return self
+
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings [C, D] (unnormalised); the tokenizer applies the config's cleaning
