@@ -18,11 +18,9 @@ from siglip_dola.zeroshot import Variant, VariantResult, default_variants, evalu
 
 
 def _result(variant: Variant, acc1: float) -> VariantResult:
-    return VariantResult(
-        variant,
-        {"acc1": acc1, "acc5": 1.0, "mean_per_class_recall": acc1},
-        torch.zeros(1, dtype=torch.long),
-    )
+    """100 images: the first acc1 * 100 right (label rank 0), the rest second (rank 1)."""
+    ranks = (torch.arange(100) >= round(acc1 * 100)).long()
+    return VariantResult(variant, {"acc1": acc1, "acc5": 1.0, "mean_per_class_recall": acc1}, ranks)
 
 
 def test_picks_best_variant_and_round_trips(tmp_path):
@@ -32,7 +30,9 @@ def test_picks_best_variant_and_round_trips(tmp_path):
         _result(Variant("static", 0.2, (20,)), 0.72),
         _result(Variant("apc", 0.1), 0.70),
     ]
-    profile = build_profile(results, model="hf:x", tau=0.01, data_fingerprint="abc", num_images=10)
+    profile = build_profile(
+        results, model="hf:x", tau=0.01, data_fingerprint="abc", num_images=100, significance=1.0
+    )
     assert profile["mode"] == "dynamic" and profile["layers"] == [18, 20, 22]
     assert profile["bucket"] == [17, 24] and profile["alpha"] == 0.1
     assert profile["validation"]["dola_beats_baseline"] is True
@@ -59,7 +59,7 @@ def test_ranking_by_other_metric_and_ties():
     c = VariantResult(
         Variant("static", 0.1, (2,)),
         {"acc1": 0.4, "acc5": 1.0, "mean_per_class_recall": 0.9},
-        torch.zeros(1),
+        torch.zeros(1, dtype=torch.long),
     )
     assert rank_variants([a, b, c])[0] is a  # tie -> earlier (baseline) first
     assert rank_variants([a, b, c], "mean_per_class_recall")[0] is c
@@ -106,26 +106,23 @@ def test_mcnemar_exact_values():
 
 
 def test_insignificant_gain_keeps_dola_off():
-    labels = torch.zeros(100, dtype=torch.long)
-    base_pred = torch.zeros(100, dtype=torch.long)
-    base_pred[:20] = 1  # baseline: 80 correct
-    var_pred = base_pred.clone()
-    var_pred[:2] = 0  # variant fixes two images: 82 correct, 2 discordant pairs
+    base_rank = torch.zeros(100, dtype=torch.long)
+    base_rank[:20] = 1  # baseline: 80 correct
+    var_rank = base_rank.clone()
+    var_rank[:2] = 0  # variant fixes two images: 82 correct, 2 discordant pairs
     results = [
         VariantResult(
             Variant("baseline"),
             {"acc1": 0.80, "acc5": 1.0, "mean_per_class_recall": 0.8},
-            base_pred,
+            base_rank,
         ),
         VariantResult(
             Variant("static", 0.1, (5,)),
             {"acc1": 0.82, "acc5": 1.0, "mean_per_class_recall": 0.82},
-            var_pred,
+            var_rank,
         ),
     ]
-    off = build_profile(
-        results, model="m", tau=1.0, data_fingerprint="x", num_images=100, labels=labels
-    )
+    off = build_profile(results, model="m", tau=1.0, data_fingerprint="x", num_images=100)
     assert off["mode"] == "off" and off["validation"]["mcnemar_p_value"] == pytest.approx(0.5)
     assert off["validation"]["best"]["variant"] == "static L5 a=0.1"
     on = build_profile(
@@ -134,12 +131,9 @@ def test_insignificant_gain_keeps_dola_off():
         tau=1.0,
         data_fingerprint="x",
         num_images=100,
-        labels=labels,
         significance=1.0,
     )
     assert on["mode"] == "static"
-    var_pred[2:20] = 0  # now 20 gains, 0 losses: p = 2 / 2**20
-    sig = build_profile(
-        results, model="m", tau=1.0, data_fingerprint="x", num_images=100, labels=labels
-    )
+    var_rank[2:20] = 0  # now 20 gains, 0 losses: p = 2 / 2**20
+    sig = build_profile(results, model="m", tau=1.0, data_fingerprint="x", num_images=100)
     assert sig["mode"] == "static" and sig["validation"]["mcnemar_p_value"] < 1e-5

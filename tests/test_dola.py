@@ -353,6 +353,18 @@ def test_contrast_stack_equals_contrast_per_layer():
         D.contrast_stack(log_final, stack[:, :3], 0.2)
 
 
+def test_contrast_stack_alphas_equals_one_alpha_at_a_time():
+    gen = torch.Generator().manual_seed(6)
+    log_final = torch.log_softmax(torch.randn(5, 8, generator=gen) * 3, -1)
+    stack = torch.log_softmax(torch.randn(3, 5, 8, generator=gen) * 3, -1)
+    alphas = (0.0, 0.05, 0.3, 1.0)
+    for alpha, (p_hat, kept) in zip(alphas, D.contrast_stack_alphas(log_final, stack, alphas)):
+        one, one_kept = D.contrast_stack(log_final, stack, alpha)
+        assert torch.equal(p_hat, one) and torch.equal(kept, one_kept)
+    with pytest.raises(ValueError, match="alpha"):
+        D.contrast_stack_alphas(log_final, stack, (0.1, 1.5))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 70)),

@@ -8,7 +8,7 @@ from transformers import Siglip2VisionConfig, SiglipVisionConfig
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 from transformers.models.siglip2.modeling_siglip2 import Siglip2MultiheadAttentionPoolingHead
 
-from siglip_dola.readout.attention_pool import fused_map_pool, supports_fused_map_pool
+from siglip_dola.readout.attention_pool import MapPooling, fused_map_pool, supports_fused_map_pool
 
 
 def _head(cls, config, dtype):
@@ -91,3 +91,21 @@ def test_mask_of_the_wrong_shape_is_refused():
     head = _head(Siglip2MultiheadAttentionPoolingHead, config, torch.float64)
     with pytest.raises(ValueError, match="patch mask has shape"):
         fused_map_pool(head, torch.randn(2, 5, 16, dtype=torch.float64), torch.ones(2, 4))
+
+
+def test_mix_into_a_buffer_equals_a_fresh_result():
+    torch.manual_seed(3)
+    config = SiglipVisionConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    head = _head(SiglipMultiheadAttentionPoolingHead, config, torch.float32)
+    pooling = MapPooling(head)
+    layers = [torch.randn(5, 9, 32) for _ in range(3)]
+    buffer = torch.full((3, 5, 4, 32), float("nan"))
+    with torch.no_grad():
+        for i, tokens in enumerate(layers):
+            returned = pooling.mix(tokens, out=buffer[i])
+            assert returned.data_ptr() == buffer[i].data_ptr()
+        for i, tokens in enumerate(layers):
+            torch.testing.assert_close(buffer[i], pooling.mix(tokens), atol=0, rtol=0)
+            torch.testing.assert_close(
+                pooling.project(buffer[i]), head(tokens), atol=1e-5, rtol=1e-5
+            )

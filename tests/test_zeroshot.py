@@ -16,10 +16,27 @@ from siglip_dola.zeroshot import (
     default_variants,
     evaluate_embeddings,
     evaluate_variants,
+    label_ranks,
     layer_scores,
     ranking_scores,
-    top_classes,
 )
+
+
+def reference_metrics(ranking: torch.Tensor, labels, num_classes: int) -> dict[str, float]:
+    """acc1/acc5/mean per-class recall by a loop over a stable descending sort."""
+    order = torch.sort(ranking, dim=-1, descending=True, stable=True).indices.tolist()
+    labels = [int(x) for x in labels]
+    pos = [row.index(label) for row, label in zip(order, labels)]
+    recalls = []
+    for c in range(num_classes):
+        members = [p for p, label in zip(pos, labels) if label == c]
+        if members:
+            recalls.append(sum(p == 0 for p in members) / len(members))
+    return {
+        "acc1": sum(p == 0 for p in pos) / len(pos),
+        "acc5": sum(p < 5 for p in pos) / len(pos),
+        "mean_per_class_recall": float(np.mean(recalls)),
+    }
 
 
 @pytest.fixture()
@@ -61,9 +78,12 @@ def test_every_variant_equals_dola_core(problem):
             expected = ranking_scores(core.p_hat, core.kept, q_final)
             assert torch.equal(r.chosen_layers, core.chosen_layers), v.name
             assert r.mean_kept == pytest.approx(core.kept.float().sum(-1).mean().item())
-        assert torch.equal(r.predictions, expected.argmax(-1)), v.name
-        top = top_classes(expected)
-        assert r.metrics == classification_metrics(top, torch.as_tensor(labels), 7), v.name
+        order = torch.sort(expected, dim=-1, descending=True, stable=True).indices.tolist()
+        positions = [row.index(label) for row, label in zip(order, labels.tolist())]
+        assert r.label_ranks.tolist() == positions, v.name
+        assert torch.equal(r.correct, torch.as_tensor(expected.argmax(-1).numpy() == labels))
+        expected_metrics = reference_metrics(expected, labels, 7)
+        assert r.metrics == pytest.approx(expected_metrics, rel=1e-12), v.name
     for i, layer in enumerate(layers):
         expected_acc = (scores[i].argmax(-1).numpy() == labels).mean()
         assert per_layer[layer] == pytest.approx(expected_acc)
@@ -82,11 +102,38 @@ def test_layer_scores_are_cosine_over_tau(problem):
 def test_metrics_by_hand():
     ranking = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.2, 0.7]])
     labels = torch.tensor([0, 1, 1, 0])
-    m = classification_metrics(top_classes(ranking), labels, 3)
+    m = classification_metrics(ranking, labels, 3)
     assert m["acc1"] == pytest.approx(0.5)
     assert m["acc5"] == pytest.approx(1.0)  # C = 3 < 5: every class is in the top 5
     # class 0: 1 of 2 right; class 1: 1 of 2 right
     assert m["mean_per_class_recall"] == pytest.approx(0.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda c: st.tuples(
+            st.lists(st.lists(st.integers(0, 3), min_size=c, max_size=c), min_size=1, max_size=20),
+            st.lists(st.integers(0, c - 1), min_size=20, max_size=20),
+        )
+    )
+)
+def test_label_ranks_are_positions_in_a_stable_sort(case):
+    """Coarse integer scores make ties common: they go to the lower class index first."""
+    rows, all_labels = case
+    ranking = torch.tensor(rows, dtype=torch.float32)
+    labels = torch.tensor(all_labels[: len(rows)])
+    ranks = label_ranks(ranking, labels)
+    order = torch.sort(ranking, dim=-1, descending=True, stable=True).indices
+    expected = [row.index(label) for row, label in zip(order.tolist(), labels.tolist())]
+    assert ranks.tolist() == expected
+    assert ((ranks == 0) == (ranking.argmax(-1) == labels)).all()
+    stacked = label_ranks(torch.stack([ranking, -ranking]), labels)  # [S, N, C] rankings
+    assert stacked[0].tolist() == expected
+    assert stacked[1].tolist() == label_ranks(-ranking, labels).tolist()
+    assert classification_metrics(ranking, labels, ranking.shape[-1]) == pytest.approx(
+        reference_metrics(ranking, labels, ranking.shape[-1]), rel=1e-12
+    )
 
 
 def test_ranking_puts_kept_classes_first():
@@ -132,7 +179,7 @@ def test_blocked_evaluation_equals_one_block(problem):
     )
     assert per_layer == per_layer_b
     for a, b in zip(whole, blocked):
-        assert a.metrics == b.metrics and torch.equal(a.predictions, b.predictions)
+        assert a.metrics == b.metrics and torch.equal(a.label_ranks, b.label_ranks)
         assert (a.chosen_layers is None) == (b.chosen_layers is None)
         if a.chosen_layers is not None:
             assert torch.equal(a.chosen_layers, b.chosen_layers)
@@ -153,8 +200,8 @@ def test_metrics_equal_a_loop_by_hand(n, classes, seed):
     gen = torch.Generator().manual_seed(seed)
     ranking = torch.rand(n, classes, generator=gen)
     labels = torch.randint(0, classes, (n,), generator=gen)  # some classes may be absent
-    top = top_classes(ranking)
-    m = classification_metrics(top, labels, classes)
+    top = ranking.topk(min(5, classes), dim=-1).indices  # continuous scores: no ties
+    m = classification_metrics(ranking, labels, classes)
     hit1 = [int(top[i, 0]) == int(labels[i]) for i in range(n)]
     hit5 = [int(labels[i]) in top[i, :5].tolist() for i in range(n)]
     recalls = []

@@ -63,7 +63,6 @@ def build_profile(
     metric: str = "acc1",
     data_fingerprint: str,
     num_images: int,
-    labels: Sequence[int] | None = None,
     significance: float = 0.05,
     templates: Sequence[str] | None = None,
     top: int = 10,
@@ -71,8 +70,8 @@ def build_profile(
     """Profile of the best variant on the validation results.
 
     DoLa is switched on only when the best variant beats the baseline on ``metric`` and, given
-    ``labels``, its top-1 decisions differ from the baseline's significantly (exact McNemar
-    test, p < ``significance``; 1.0 disables the test). Otherwise the mode is ``off``.
+    its top-1 decisions differ from the baseline's significantly (exact McNemar test on the
+    images, p < ``significance``; 1.0 disables the test). Otherwise the mode is ``off``.
     """
     if not 0.0 < significance <= 1.0:
         raise ValueError(f"significance must be in (0, 1], got {significance}")
@@ -83,13 +82,9 @@ def build_profile(
     best = ranked[0]
     beats = best.variant.kind != "baseline" and best.metrics[metric] > baseline.metrics[metric]
     p_value = None
-    if beats and labels is not None:
-        truth = [int(x) for x in labels]
-        p_value = mcnemar_p_value(
-            [int(p) == t for p, t in zip(best.predictions.tolist(), truth)],
-            [int(p) == t for p, t in zip(baseline.predictions.tolist(), truth)],
-        )
-    significant = beats and (p_value is None or significance >= 1.0 or p_value < significance)
+    if beats:
+        p_value = mcnemar_p_value(best.correct.tolist(), baseline.correct.tolist())
+    significant = beats and (significance >= 1.0 or p_value < significance)
     chosen = best.variant if significant else Variant("baseline")
     return {
         "format": PROFILE_FORMAT,

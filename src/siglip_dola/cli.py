@@ -455,7 +455,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         metric=args.metric,
         data_fingerprint=image_set.fingerprint(),
         num_images=evaluation.num_images,
-        labels=evaluation.labels,
         significance=args.significance,
         templates=templates,
     )
@@ -660,17 +659,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         results = evaluate_embeddings(
             part, evaluation.text_bank, evaluation.tau, variants, len(data.class_names)
         )
-        return (*results, part.labels)
+        return results
 
-    val_results, _, val_labels = evaluate_split(val_ids)
-    test_results, test_per_layer, _ = evaluate_split(test_ids)
+    val_results, _ = evaluate_split(val_ids)
+    test_results, test_per_layer = evaluate_split(test_ids)
     profile = build_profile(
         val_results,
         model=BUNDLED_MODEL,
         tau=evaluation.tau,
         data_fingerprint=data.subset(val_ids).fingerprint(),
         num_images=len(val_ids),
-        labels=val_labels,
         templates=templates,
     )
     val_acc = {r.variant.name: r.metrics["acc1"] for r in val_results}
@@ -915,6 +913,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
+    from siglip_dola.allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (UsageError, ValueError, FileExistsError, FileNotFoundError) as exc:

@@ -37,6 +37,7 @@ __all__ = [
     "contrast",
     "contrast_and_mask",
     "contrast_stack",
+    "contrast_stack_alphas",
     "apply_dola",
     "dola_from_distributions",
     "jensen_shannon",
@@ -259,7 +260,16 @@ def contrast_stack(
 ) -> tuple[Array, Array]:
     """:func:`contrast` of one final layer [B, C] against S contrast distributions [S, B, C]
     at once: returns p_hat [S, B, C] and the kept mask [B, C] (it depends on q_N only)."""
-    _check_alpha(alpha)
+    return contrast_stack_alphas(log_q_final, log_q_contrasts, (alpha,))[0]
+
+
+def contrast_stack_alphas(
+    log_q_final: Array, log_q_contrasts: Array, alphas: Sequence[float]
+) -> list[tuple[Array, Array]]:
+    """:func:`contrast_stack` for each alpha of a grid: the inputs are checked and the
+    log-ratios log q_N - log q_M formed once, then masked per alpha."""
+    for alpha in alphas:
+        _check_alpha(alpha)
     lf, to_numpy = _as_tensor(log_q_final, "log_q_final")
     lc, _ = _as_tensor(log_q_contrasts, "log_q_contrasts")
     _check_ndim(lf, 2, "log_q_final", "[B, C]")
@@ -270,9 +280,12 @@ def contrast_stack(
         )
     _check_finite(lf, "log_q_final")
     _check_finite(lc, "log_q_contrasts")
-    keep = _apc_mask_log(lf, alpha)
-    p_hat = _masked_softmax(lf - lc.to(lf.dtype), keep)
-    return _back(p_hat, to_numpy), _back(keep, to_numpy)
+    log_ratio = lf - lc.to(lf.dtype)
+    out = []
+    for alpha in alphas:
+        keep = _apc_mask_log(lf, alpha)
+        out.append((_back(_masked_softmax(log_ratio, keep), to_numpy), _back(keep, to_numpy)))
+    return out
 
 
 def apc_only(log_q_final: Array, alpha: float = 0.1) -> tuple[Array, Array]:

@@ -34,7 +34,7 @@ from siglip_dola.dola import (
     apc_only,
     apply_dola,
     class_softmax,
-    contrast_stack,
+    contrast_stack_alphas,
     select_contrast_layer,
 )
 from siglip_dola.layers import (
@@ -57,6 +57,7 @@ __all__ = [
     "default_variants",
     "evaluate_variants",
     "extract_layer_embeddings",
+    "label_ranks",
     "layer_scores",
     "ranking_scores",
 ]
@@ -64,6 +65,7 @@ __all__ = [
 
 # Scores held at once when evaluating variants: [layers, images, classes] blocks of 64 MB.
 SCORE_BLOCK_ELEMENTS = 16_000_000
+NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -306,9 +308,12 @@ def layer_scores(
     bank = torch.nn.functional.normalize(text_bank.float(), dim=-1)
     out = []
     for start in range(0, emb.shape[1], block):
-        z = torch.nn.functional.normalize(emb[:, start : start + block].float(), dim=-1)
-        out.append(z @ bank.T / tau)
-    return torch.cat(out, dim=1)
+        z = emb[:, start : start + block].float()
+        # Dividing the [.., C] products by the norms equals normalising z first (up to
+        # rounding) and does not write a normalised copy of the embeddings.
+        scale = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min_(NORM_EPS).mul_(tau)
+        out.append((z @ bank.T).div_(scale))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 # ----------------------------------------------------------------------------- variants
@@ -378,34 +383,51 @@ def default_variants(
     return variants
 
 
+def _kept_first_offset(kept: torch.Tensor, q_final: torch.Tensor) -> torch.Tensor:
+    return torch.where(kept, 1.0, q_final)
+
+
 def ranking_scores(p_hat: torch.Tensor, kept: torch.Tensor, q_final: torch.Tensor) -> torch.Tensor:
-    """Order for top-k under DoLa: kept classes by p_hat, then the rest by q_N.
+    """Order for top-k under DoLa: kept classes by p_hat (as 1 + p_hat), then the rest by q_N.
 
     p_hat is exactly 0 outside the kept set, so it alone cannot rank those classes.
     """
-    return torch.where(kept, 1.0 + p_hat, q_final)
+    return p_hat + _kept_first_offset(kept, q_final)
+
+
+def label_ranks(ranking: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Position of each true label in a ranking [..., N, C] (0 = top-1) -> [..., N].
+
+    The position counts the classes ranked above the label; equal scores go to the lower
+    class index first, as ``argmax`` does, so position 0 means ``argmax == label``.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    label_score = ranking.gather(-1, labels[:, None].expand(ranking.shape[:-1] + (1,)))
+    earlier = torch.arange(ranking.shape[-1]) < labels[:, None]  # [N, C]
+    ahead = (ranking > label_score) | ((ranking == label_score) & earlier)
+    return ahead.sum(-1, dtype=torch.int32).long()  # an int32 count is half the memory traffic
 
 
 def classification_metrics(
-    top: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ranking: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
 ) -> dict[str, float]:
-    """acc1, acc5 and mean per-class recall from each image's top-k class indices [N, k]
-    (best first; k < 5 when there are fewer than 5 classes)."""
-    return _metrics_of_variants([top], labels, num_classes)[0]
-
-
-def top_classes(ranking: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """Indices [N, min(k, C)] of the best-ranked classes, best first."""
-    return ranking.topk(min(k, ranking.shape[-1]), dim=-1).indices
+    """acc1, acc5 and mean per-class recall of a ranking [N, C] (higher = better)."""
+    ranks = label_ranks(ranking, labels)
+    return _metrics_of_ranks(ranks[None], labels, num_classes or ranking.shape[-1])[0]
 
 
 @dataclass
 class VariantResult:
     variant: Variant
     metrics: dict[str, float]
-    predictions: torch.Tensor  # [N] top-1 class
+    label_ranks: torch.Tensor  # [N] position of the true class in each ranking (0 = top-1)
     chosen_layers: torch.Tensor | None = None  # [N] (dynamic/static)
     kept_sizes: torch.Tensor | None = None  # [N] |V_head| per image (all but the baseline)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """[N] bool: top-1 right."""
+        return self.label_ranks == 0
 
     @property
     def mean_kept(self) -> float | None:
@@ -427,21 +449,21 @@ def _contrast_layers_needed(variants: Sequence[Variant]) -> set[int]:
 
 @dataclass
 class _BlockOutcome:
-    top: list[torch.Tensor]  # per variant [b, k]
+    ranks: list[torch.Tensor]  # per variant [b]: position of the true label
     chosen: list[torch.Tensor | None]  # per variant [b]
     kept: list[torch.Tensor | None]  # per variant [b] kept-set sizes
-    layer_top1: torch.Tensor  # [L, b]
+    layer_correct: torch.Tensor  # [L, b] each layer's own readout right at top-1
 
 
 def _block_outcome(
-    scores: torch.Tensor, layers: list[int], variants: Sequence[Variant]
+    scores: torch.Tensor, labels: torch.Tensor, layers: list[int], variants: Sequence[Variant]
 ) -> _BlockOutcome:
-    """Every variant on one block of per-layer scores [L, b, C].
+    """Every variant on one block of per-layer scores [L, b, C] with labels [b].
 
     Log-distributions are computed once, the JSD only for layers that a dynamic variant
     chooses among; the contrast layer of a dynamic variant depends on its candidates only,
-    and all contrasts with one alpha go through the DoLa core as one stack (built once when
-    every alpha has the same contrasts, as a grid of alphas does).
+    and all contrasts of an alpha grid go through the DoLa core as one stack (built once
+    when every alpha has the same contrasts, as a grid of alphas does).
     """
     log_q = class_softmax(scores.float(), log=True)
     log_final = log_q[-1]
@@ -459,34 +481,42 @@ def _block_outcome(
                 pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest
                 chosen[variant.layers] = torch.tensor(variant.layers)[pick]
     n = len(variants)
-    out = _BlockOutcome([None] * n, [None] * n, [None] * n, scores.argmax(-1))
+    out = _BlockOutcome([None] * n, [None] * n, [None] * n, label_ranks(scores, labels) == 0)
+
+    def rank(group: list[int], ranking: torch.Tensor) -> None:  # ranking [len(group), b, C]
+        ranks = label_ranks(ranking, labels)
+        for k, i in enumerate(group):
+            out.ranks[i] = ranks[k]
+
     for i, variant in enumerate(variants):
         if variant.kind == "baseline":
-            out.top[i] = top_classes(q_final)
+            rank([i], q_final[None])
         elif variant.kind == "apc":
             p_hat, kept = apc_only(log_final, variant.alpha)
-            out.top[i] = top_classes(ranking_scores(p_hat, kept, q_final))
+            rank([i], p_hat.add_(_kept_first_offset(kept, q_final))[None])
             out.kept[i] = kept.sum(-1)
         elif variant.kind == "dynamic":
             out.chosen[i] = chosen[variant.layers]
         else:
             out.chosen[i] = torch.full_like(q_final[:, 0], variant.layers[0], dtype=torch.long)
-    stacks: dict[tuple, torch.Tensor] = {}
-    for alpha in dict.fromkeys(v.alpha for v in variants if v.kind in ("dynamic", "static")):
-        group = [
-            i
-            for i, v in enumerate(variants)
-            if v.kind in ("dynamic", "static") and v.alpha == alpha
-        ]
+    # alpha -> its contrast variants; then one stack per distinct list of contrasts
+    by_alpha: dict[float, list[int]] = {}
+    for i, v in enumerate(variants):
+        if v.kind in ("dynamic", "static"):
+            by_alpha.setdefault(v.alpha, []).append(i)
+    by_contrasts: dict[tuple, list[tuple[float, list[int]]]] = {}
+    for alpha, group in by_alpha.items():
         key = tuple((variants[i].kind, variants[i].layers) for i in group)
-        if key not in stacks:
-            stacks[key] = _contrast_stack_rows(log_q, row, [variants[i] for i in group], chosen)
-        p_hat, kept = contrast_stack(log_final, stacks[key], alpha)
-        top = top_classes(ranking_scores(p_hat, kept, q_final))  # [S, b, k]
-        sizes = kept.sum(-1)
-        for k, i in enumerate(group):
-            out.top[i] = top[k]
-            out.kept[i] = sizes
+        by_contrasts.setdefault(key, []).append((alpha, group))
+    for members in by_contrasts.values():
+        first_group = [variants[i] for i in members[0][1]]
+        stack = _contrast_stack_rows(log_q, row, first_group, chosen)
+        per_alpha = contrast_stack_alphas(log_final, stack, [alpha for alpha, _ in members])
+        for (_, group), (p_hat, kept) in zip(members, per_alpha):
+            rank(group, p_hat.add_(_kept_first_offset(kept, q_final)))  # ranking_scores [S, b, C]
+            sizes = kept.sum(-1)
+            for i in group:
+                out.kept[i] = sizes
     return out
 
 
@@ -525,46 +555,37 @@ def _summarise(
     def joined(parts: list[torch.Tensor]) -> torch.Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    layer_top1 = torch.cat([o.layer_top1 for o in outcomes], dim=1)
-    per_layer = {
-        layer: (layer_top1[i] == labels).float().mean().item() for i, layer in enumerate(layers)
-    }
-    tops = [joined([o.top[v] for o in outcomes]) for v in range(len(variants))]
-    metrics = _metrics_of_variants(tops, labels, num_classes)
+    layer_correct = torch.cat([o.layer_correct for o in outcomes], dim=1)
+    per_layer = dict(zip(layers, layer_correct.float().mean(-1).tolist()))
+    ranks = torch.stack([joined([o.ranks[v] for o in outcomes]) for v in range(len(variants))])
+    metrics = _metrics_of_ranks(ranks, labels, num_classes)
     results = []
     for v, variant in enumerate(variants):
         chosen = None if outcomes[0].chosen[v] is None else joined([o.chosen[v] for o in outcomes])
         kept = None if outcomes[0].kept[v] is None else joined([o.kept[v] for o in outcomes])
         results.append(
-            VariantResult(variant, metrics[v], tops[v][:, 0], chosen_layers=chosen, kept_sizes=kept)
+            VariantResult(variant, metrics[v], ranks[v], chosen_layers=chosen, kept_sizes=kept)
         )
     return results, per_layer
 
 
-def _metrics_of_variants(
-    tops: list[torch.Tensor], labels: torch.Tensor, num_classes: int
+def _metrics_of_ranks(
+    ranks: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> list[dict[str, float]]:
-    """:func:`classification_metrics` of many variants at once (the same figures)."""
-    top = torch.stack(tops)  # [V, N, k]
+    """acc1, acc5 and mean per-class recall of each variant from its label ranks [V, N]."""
     n = len(labels)
-    correct1 = top[:, :, 0] == labels
-    correct5 = (top[:, :, :5] == labels[:, None]).any(-1)
+    correct1 = ranks == 0
     support = torch.bincount(labels, minlength=num_classes)
-    owner = torch.arange(len(tops))[:, None] * num_classes + labels  # [V, N]
-    hits = torch.bincount(owner[correct1], minlength=len(tops) * num_classes)
-    hits = hits.view(len(tops), num_classes)[:, support > 0].tolist()
-    support_list = support[support > 0].tolist()
-    acc1, acc5 = correct1.sum(-1).tolist(), correct5.sum(-1).tolist()
-    # Python division of counts: the figures are exact ratios, not float32 means.
+    present = support > 0
+    owner = torch.arange(len(ranks))[:, None] * num_classes + labels  # [V, N]
+    hits = torch.bincount(owner[correct1], minlength=len(ranks) * num_classes)
+    recall = hits.view(len(ranks), num_classes)[:, present].double() / support[present].double()
+    mean_recall = recall.mean(-1).tolist()  # nan without labelled images
+    acc1, acc5 = correct1.sum(-1).tolist(), (ranks < 5).sum(-1).tolist()
+    # Python division of counts: the accuracies are exact ratios, not float32 means.
     return [
-        {
-            "acc1": acc1[v] / n,
-            "acc5": acc5[v] / n,
-            "mean_per_class_recall": float(np.mean([h / s for h, s in zip(hits[v], support_list)]))
-            if support_list
-            else float("nan"),
-        }
-        for v in range(len(tops))
+        {"acc1": a1 / n, "acc5": a5 / n, "mean_per_class_recall": r}
+        for a1, a5, r in zip(acc1, acc5, mean_recall)
     ]
 
 
@@ -583,7 +604,7 @@ def evaluate_variants(
     layers = list(layers)
     _check_layers(layers, variants)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    outcome = _block_outcome(scores, layers, variants)
+    outcome = _block_outcome(scores, labels_t, layers, variants)
     return _summarise([outcome], layers, labels_t, variants, num_classes or scores.shape[-1])
 
 
@@ -596,14 +617,16 @@ def _embedding_outcomes(
     progress: bool,
 ) -> list[_BlockOutcome]:
     layers = list(embeddings.layers)
-    n = len(embeddings.labels)
+    labels = torch.as_tensor(np.asarray(embeddings.labels), dtype=torch.long)
+    n = len(labels)
     block = max(1, min(max(n, 1), max_block_elements // (len(layers) * text_bank.shape[0])))
     outcomes = []
     for start in tqdm(
         range(0, n, block), desc="scoring", unit="block", disable=not progress, leave=False
     ):
         scores = layer_scores(embeddings.embeddings[:, start : start + block], text_bank, tau)
-        outcomes.append(_block_outcome(scores, layers, variants))
+        block_labels = labels[start : start + block]
+        outcomes.append(_block_outcome(scores, block_labels, layers, variants))
     return outcomes
 
 

@@ -59,15 +59,23 @@ class MapPooling:
         self.head = head
         self.width = width
 
-    def mix(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, E] -> the per-head attention-weighted token averages [B, H, E].
+    def mix(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, T, E] -> the per-head attention-weighted token averages [B, H, E] (written
+        into ``out`` when given: no autograd then).
 
         ``mask`` [B, T] (bool or 0/1; true = a real token) leaves padded tokens out of the
         softmax, as SigLIP2's head does with its additive mask of the dtype's lowest value:
         the scores of padded tokens are set to that value, so their weights are exactly 0
         (and a row without any real token averages all tokens uniformly, as the module does).
         """
-        scores = torch.matmul(self.fold.T, tokens.transpose(1, 2))  # [B, H, T]
+        batch, count, width = tokens.shape
+        # One [H, E] x [E, B * T] product scores all tokens: cheaper than a product per image.
+        scores = torch.mm(self.fold.T, tokens.reshape(-1, width).T).view(-1, batch, count)
         if mask is not None:
             if mask.shape != tokens.shape[:2]:
                 raise ValueError(
@@ -75,8 +83,8 @@ class MapPooling:
                     f"{tuple(tokens.shape[:2])} (batch, tokens)"
                 )
             padded = ~mask.to(device=scores.device, dtype=torch.bool)
-            scores = scores.masked_fill(padded[:, None, :], torch.finfo(scores.dtype).min)
-        return torch.bmm(scores.softmax(dim=-1), tokens)
+            scores = scores.masked_fill(padded[None], torch.finfo(scores.dtype).min)
+        return torch.bmm(scores.softmax(dim=-1).transpose(0, 1), tokens, out=out)  # [B, H, E]
 
     def project(self, mixed: torch.Tensor) -> torch.Tensor:
         """[B, H, E] from :meth:`mix` -> the head's output [B, E]."""

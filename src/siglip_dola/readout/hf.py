@@ -71,6 +71,15 @@ def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _project_in_chunks(pooling: MapPooling, mixed: torch.Tensor, rows: int) -> torch.Tensor:
+    # Chunks of at most B * T rows keep the head's temporaries no larger than a block's own, so
+    # they reuse memory the blocks just freed; larger ones would be fresh pages, and first
+    # writes to fresh pages (page faults) cost more than the head's arithmetic here.
+    if len(mixed) <= rows:
+        return pooling.project(mixed)
+    return torch.cat([pooling.project(part) for part in mixed.split(rows)])
+
+
 def _encoder_attention_mask(
     vision: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None
 ) -> Any:
@@ -140,20 +149,27 @@ class HFSiglipReadout:
         hidden, encoder_mask = self._embed(batch)
         patch_mask = batch.get("pixel_attention_mask") if self.naflex else None
         # The fused head reduces each layer's tokens as the block produces them (padded NaFlex
-        # tokens left out); any other head gets the layers stacked and pools them as a module.
+        # tokens left out) into one buffer allocated before the blocks run; any other head gets
+        # the layers stacked and pools them as a module.
         # Folding the head per batch costs O(width^2) and never goes stale.
         pooling = MapPooling(self.vision.head) if self.fused_head else None
-        kept: list[torch.Tensor | None] = [None] * len(numbers)
+        if pooling is not None:
+            heads = self.vision.head.attention.num_heads
+            mixed = hidden.new_empty((len(numbers), hidden.shape[0], heads, hidden.shape[-1]))
+        kept: list[torch.Tensor] = []
         for index, block in enumerate(self.blocks):
             hidden = _block_output(block(hidden, encoder_mask))
-            if index in slot:
-                kept[slot[index]] = (
-                    hidden
-                    if pooling is None
-                    else pooling.mix(self.vision.post_layernorm(hidden), patch_mask)
-                )
+            if index not in slot:
+                continue
+            if pooling is None:
+                kept.append(hidden)
+            else:
+                tokens = self.vision.post_layernorm(hidden)
+                pooling.mix(tokens, patch_mask, out=mixed[slot[index]])
         if pooling is not None:
-            pooled = pooling.project(torch.cat(kept))
+            pooled = _project_in_chunks(
+                pooling, mixed.flatten(0, 1), hidden.shape[0] * hidden.shape[1]
+            )
         else:
             stacked = self.vision.post_layernorm(torch.cat(kept))  # [L * B, T, width]
             mask = None if patch_mask is None else patch_mask.repeat(len(numbers), 1)
