@@ -656,10 +656,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def evaluate_split(ids: list[int]):
         part = emb.subset([row_of[i] for i in ids if i in row_of])
-        results = evaluate_embeddings(
+        return evaluate_embeddings(
             part, evaluation.text_bank, evaluation.tau, variants, len(data.class_names)
         )
-        return results
 
     val_results, _ = evaluate_split(val_ids)
     test_results, test_per_layer = evaluate_split(test_ids)
