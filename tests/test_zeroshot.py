@@ -136,6 +136,12 @@ def test_label_ranks_are_positions_in_a_stable_sort(case):
     )
 
 
+def test_label_outside_the_classes_is_an_error():
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        label_ranks(torch.rand(2, 3), torch.tensor([0, 3]))
+    assert classification_metrics(torch.eye(3), np.array([0, 1, 2]))["acc1"] == 1.0
+
+
 def test_ranking_puts_kept_classes_first():
     p_hat = torch.tensor([[0.0, 1.0, 0.0]])
     kept = torch.tensor([[False, True, False]])

@@ -401,9 +401,15 @@ def label_ranks(ranking: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     The position counts the classes ranked above the label; equal scores go to the lower
     class index first, as ``argmax`` does, so position 0 means ``argmax == label``.
     """
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(ranking.device)
+    classes = ranking.shape[-1]
+    if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < classes:
+        raise ValueError(
+            f"labels must be class indices in [0, {classes}), got values from "
+            f"{int(labels.min())} to {int(labels.max())}"
+        )
     label_score = ranking.gather(-1, labels[:, None].expand(ranking.shape[:-1] + (1,)))
-    earlier = torch.arange(ranking.shape[-1]) < labels[:, None]  # [N, C]
+    earlier = torch.arange(classes, device=ranking.device) < labels[:, None]  # [N, C]
     ahead = (ranking > label_score) | ((ranking == label_score) & earlier)
     return ahead.sum(-1, dtype=torch.int32).long()  # an int32 count is half the memory traffic
 
@@ -412,6 +418,7 @@ def classification_metrics(
     ranking: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
 ) -> dict[str, float]:
     """acc1, acc5 and mean per-class recall of a ranking [N, C] (higher = better)."""
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(ranking.device)
     ranks = label_ranks(ranking, labels)
     return _metrics_of_ranks(ranks[None], labels, num_classes or ranking.shape[-1])[0]
 
