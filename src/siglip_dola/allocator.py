@@ -5,8 +5,9 @@ threshold, and free memory at the top of the heap), so later tensors of those si
 as fresh pages and every first write to a page is a page fault. How many depends on the
 order of earlier allocations and changes from run to run: measured here, a baseline pass
 plus an all-layer pass of the bundled model over a 250-image batch took between 0 and
-~34,000 faults (a few microseconds each in a VM) on every repetition; with these settings,
-none after the first. Fixed thresholds keep those blocks in the process.
+~34,000 faults (a few microseconds each in a VM) per repetition; with these settings, none
+after the first but for an occasional heap growth. Fixed thresholds keep those blocks in the
+process.
 
 Only the command line calls this (a library should not change its host process's
 allocator); ``SIGLIP_DOLA_MALLOC_TUNING=0`` turns it off. Linux with glibc only.
