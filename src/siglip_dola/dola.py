@@ -250,9 +250,7 @@ def contrast(log_q_final: Array, log_q_contrast: Array, alpha: float = 0.1) -> t
         )
     _check_finite(lf, "log_q_final")
     _check_finite(lc, "log_q_contrast")
-    keep = _apc_mask_log(lf, alpha)
-    p_hat = _masked_softmax(lf - lc.to(lf.dtype), keep)
-    return _back(p_hat, to_numpy), _back(keep, to_numpy)
+    return _contrast_per_alpha(lf, lc, (alpha,), to_numpy)[0]
 
 
 def contrast_stack(
@@ -280,12 +278,15 @@ def contrast_stack_alphas(
         )
     _check_finite(lf, "log_q_final")
     _check_finite(lc, "log_q_contrasts")
+    return _contrast_per_alpha(lf, lc, alphas, to_numpy)
+
+
+def _contrast_per_alpha(
+    lf: torch.Tensor, lc: torch.Tensor, alphas: Sequence[float], to_numpy: bool
+) -> list[tuple[Array, Array]]:
     log_ratio = lf - lc.to(lf.dtype)
-    out = []
-    for alpha in alphas:
-        keep = _apc_mask_log(lf, alpha)
-        out.append((_back(_masked_softmax(log_ratio, keep), to_numpy), _back(keep, to_numpy)))
-    return out
+    keeps = [_apc_mask_log(lf, alpha) for alpha in alphas]
+    return [(_back(_masked_softmax(log_ratio, k), to_numpy), _back(k, to_numpy)) for k in keeps]
 
 
 def apc_only(log_q_final: Array, alpha: float = 0.1) -> tuple[Array, Array]:

@@ -395,31 +395,42 @@ def ranking_scores(p_hat: torch.Tensor, kept: torch.Tensor, q_final: torch.Tenso
     return p_hat + _kept_first_offset(kept, q_final)
 
 
-def label_ranks(ranking: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _class_labels(labels: Any, classes: int, device: Any = None) -> torch.Tensor:
+    """``labels`` as a long tensor on ``device``, checked to be class indices."""
+    if isinstance(labels, torch.Tensor):
+        out = labels.to(device=device, dtype=torch.long)
+    else:
+        out = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    if out.numel() and not 0 <= int(out.min()) <= int(out.max()) < classes:
+        raise ValueError(
+            f"labels must be class indices in [0, {classes}), got values from "
+            f"{int(out.min())} to {int(out.max())}"
+        )
+    return out
+
+
+def _ranks(ranking: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    label_score = ranking.gather(-1, labels[:, None].expand(ranking.shape[:-1] + (1,)))
+    earlier = torch.arange(ranking.shape[-1], device=ranking.device) < labels[:, None]  # [N, C]
+    ahead = (ranking > label_score) | ((ranking == label_score) & earlier)
+    return ahead.sum(-1, dtype=torch.int32).long()  # an int32 count is half the memory traffic
+
+
+def label_ranks(ranking: torch.Tensor, labels: Any) -> torch.Tensor:
     """Position of each true label in a ranking [..., N, C] (0 = top-1) -> [..., N].
 
     The position counts the classes ranked above the label; equal scores go to the lower
     class index first, as ``argmax`` does, so position 0 means ``argmax == label``.
     """
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(ranking.device)
-    classes = ranking.shape[-1]
-    if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < classes:
-        raise ValueError(
-            f"labels must be class indices in [0, {classes}), got values from "
-            f"{int(labels.min())} to {int(labels.max())}"
-        )
-    label_score = ranking.gather(-1, labels[:, None].expand(ranking.shape[:-1] + (1,)))
-    earlier = torch.arange(classes, device=ranking.device) < labels[:, None]  # [N, C]
-    ahead = (ranking > label_score) | ((ranking == label_score) & earlier)
-    return ahead.sum(-1, dtype=torch.int32).long()  # an int32 count is half the memory traffic
+    return _ranks(ranking, _class_labels(labels, ranking.shape[-1], ranking.device))
 
 
 def classification_metrics(
-    ranking: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
+    ranking: torch.Tensor, labels: Any, num_classes: int | None = None
 ) -> dict[str, float]:
     """acc1, acc5 and mean per-class recall of a ranking [N, C] (higher = better)."""
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(ranking.device)
-    ranks = label_ranks(ranking, labels)
+    labels = _class_labels(labels, ranking.shape[-1], ranking.device)
+    ranks = _ranks(ranking, labels)
     return _metrics_of_ranks(ranks[None], labels, num_classes or ranking.shape[-1])[0]
 
 
@@ -488,10 +499,10 @@ def _block_outcome(
                 pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest
                 chosen[variant.layers] = torch.tensor(variant.layers)[pick]
     n = len(variants)
-    out = _BlockOutcome([None] * n, [None] * n, [None] * n, label_ranks(scores, labels) == 0)
+    out = _BlockOutcome([None] * n, [None] * n, [None] * n, _ranks(scores, labels) == 0)
 
     def rank(group: list[int], ranking: torch.Tensor) -> None:  # ranking [len(group), b, C]
-        ranks = label_ranks(ranking, labels)
+        ranks = _ranks(ranking, labels)
         for k, i in enumerate(group):
             out.ranks[i] = ranks[k]
 
@@ -610,7 +621,7 @@ def evaluate_variants(
     """
     layers = list(layers)
     _check_layers(layers, variants)
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    labels_t = _class_labels(labels, scores.shape[-1], scores.device)
     outcome = _block_outcome(scores, labels_t, layers, variants)
     return _summarise([outcome], layers, labels_t, variants, num_classes or scores.shape[-1])
 
@@ -622,9 +633,10 @@ def _embedding_outcomes(
     variants: Sequence[Variant],
     max_block_elements: int,
     progress: bool,
-) -> list[_BlockOutcome]:
+) -> tuple[list[_BlockOutcome], torch.Tensor]:
+    """Block outcomes of every variant, and the labels as checked class indices."""
     layers = list(embeddings.layers)
-    labels = torch.as_tensor(np.asarray(embeddings.labels), dtype=torch.long)
+    labels = _class_labels(embeddings.labels, text_bank.shape[0])
     n = len(labels)
     block = max(1, min(max(n, 1), max_block_elements // (len(layers) * text_bank.shape[0])))
     outcomes = []
@@ -634,7 +646,7 @@ def _embedding_outcomes(
         scores = layer_scores(embeddings.embeddings[:, start : start + block], text_bank, tau)
         block_labels = labels[start : start + block]
         outcomes.append(_block_outcome(scores, block_labels, layers, variants))
-    return outcomes
+    return outcomes, labels
 
 
 @torch.no_grad()
@@ -654,8 +666,7 @@ def evaluate_embeddings(
     """
     layers = list(embeddings.layers)
     _check_layers(layers, variants)
-    labels = torch.as_tensor(np.asarray(embeddings.labels), dtype=torch.long)
-    outcomes = _embedding_outcomes(
+    outcomes, labels = _embedding_outcomes(
         embeddings, text_bank, tau, variants, max_block_elements, progress
     )
     return _summarise(outcomes, layers, labels, variants, num_classes or text_bank.shape[0])
@@ -830,7 +841,9 @@ def evaluate_dataset(
     tau = model.tau if tau is None else float(tau)
     emb_layers = list(embeddings.layers)
     _check_layers(emb_layers, variants)
-    outcomes = _embedding_outcomes(embeddings, bank, tau, variants, SCORE_BLOCK_ELEMENTS, progress)
+    outcomes, _ = _embedding_outcomes(
+        embeddings, bank, tau, variants, SCORE_BLOCK_ELEMENTS, progress
+    )
     gathered = ctx.gather((outcomes, embeddings.labels, embeddings.skipped))
     if gathered is None:
         return None
