@@ -382,16 +382,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.dataset == "bundled:fashion-mnist":
             args.dataset = "bundled:photos"
         return cmd_rerank(args)
-    from siglip_dola.distributed import init_from_env
+    from siglip_dola.distributed import process_group_from_env
     from siglip_dola.report import classification_results, format_table
 
     _check_outputs(args, args.output)
     image_set, templates = _load_data(args)
-    ctx = init_from_env(args.device)
-    model = _load_model(args)
-    variants = _variants(args, model.vision.depth)
-    start = time.perf_counter()
-    evaluation = _evaluate(args, model, image_set, templates, variants, dist=ctx)
+    with process_group_from_env(args.device) as ctx:
+        model = _load_model(args)
+        variants = _variants(args, model.vision.depth)
+        start = time.perf_counter()
+        evaluation = _evaluate(args, model, image_set, templates, variants, dist=ctx)
     if evaluation is None:  # a data-parallel worker: rank 0 reports
         return 0
     seconds = time.perf_counter() - start

@@ -7,13 +7,15 @@ outcomes and writes the single results file. gloo on CPU, NCCL on GPUs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_from_env"]
+__all__ = ["DistContext", "process_group_from_env"]
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,26 @@ class DistContext:
         return out
 
 
-def init_from_env(device: str = "cpu") -> DistContext:
+@contextmanager
+def process_group_from_env(device: str = "cpu") -> Iterator[DistContext]:
     """Join the process group that torchrun / accelerate describe in the environment
-    (``WORLD_SIZE`` > 1); a plain run gets a single-process context."""
+    (``WORLD_SIZE`` > 1) for the duration of the block; a plain run gets a single-process
+    context. A group joined here is left together (barrier, then destroyed) on exit: a
+    process that ends with gloo's threads still running aborts."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistContext()
+        yield DistContext()
+        return
     rank = int(os.environ["RANK"])
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         cuda = torch.device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistContext(rank, world)
+    try:
+        yield DistContext(rank, world)
+    finally:
+        if joined:
+            dist.barrier()
+            dist.destroy_process_group()
