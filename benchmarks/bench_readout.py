@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 
 from siglip_dola.dola import apply_dola, class_scores
-from siglip_dola.readout._common import parse_dtype
+from siglip_dola.settings import parse_dtype
 
 
 def build_hf(device: torch.device, dtype: torch.dtype):

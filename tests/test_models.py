@@ -16,8 +16,9 @@ from _tiny_models import (
 from safetensors.torch import save_file
 
 from siglip_dola.models import ModelSpec, detect_scheme, load_model, parse_spec
-from siglip_dola.readout._common import load_state_dict_file, parse_dtype
+from siglip_dola.readout._common import load_state_dict_file
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
+from siglip_dola.settings import parse_dtype
 
 ARCH = "vit_base_patch16_siglip_224"
 

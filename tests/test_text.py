@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from siglip_dola.models import load_model
 
 from siglip_dola.data import bundled_model_dir
+from siglip_dola.models import load_model
 from siglip_dola.text import (
     build_text_bank,
     encode_captions,

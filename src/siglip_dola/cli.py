@@ -160,7 +160,7 @@ def _parse_floats(text: str, name: str) -> tuple[float, ...]:
 
 
 def _torch_dtype(name: str):
-    from siglip_dola.readout._common import parse_dtype
+    from siglip_dola.settings import parse_dtype
 
     return parse_dtype(name)
 
@@ -193,9 +193,9 @@ def _load_model(args: argparse.Namespace):
 def _cache_dir(args: argparse.Namespace):
     if args.no_cache:
         return None
-    from siglip_dola.text import DEFAULT_CACHE_DIR
+    from siglip_dola.settings import default_cache_dir
 
-    return args.cache_dir or DEFAULT_CACHE_DIR
+    return args.cache_dir or default_cache_dir()
 
 
 def _class_names(text: str | None) -> list[str] | None:

@@ -15,7 +15,27 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "process_group_from_env"]
+__all__ = ["DistContext", "launcher_shard", "process_group_from_env", "shard_positions"]
+
+
+def launcher_shard() -> tuple[int, int]:
+    """(rank, world size) that torchrun / accelerate launch set in the environment; (0, 1)
+    in a plain run."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1
+    return int(os.environ.get("RANK", "0") or 0), world
+
+
+def shard_positions(n: int, shard: tuple[int, int]) -> range:
+    """Contiguous block ``shard = (rank, world)`` of 0..n-1: concatenating the blocks in rank
+    order gives back the single-process order. The one way work is split across processes."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard {rank} of {world} does not exist")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
 
 
 @dataclass(frozen=True)
@@ -46,11 +66,10 @@ def process_group_from_env(device: str = "cpu") -> Iterator[DistContext]:
     (``WORLD_SIZE`` > 1) for the duration of the block; a plain run gets a single-process
     context. A group joined here is left together (barrier, then destroyed) on exit: a
     process that ends with gloo's threads still running aborts."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = launcher_shard()
     if world <= 1:
         yield DistContext()
         return
-    rank = int(os.environ["RANK"])
     joined = not dist.is_initialized()
     if joined:
         cuda = torch.device(device).type == "cuda"

@@ -32,11 +32,11 @@ from siglip_dola.readout._common import (
     SAFE_WEIGHT_SUFFIXES,
     load_state_dict_file,
     load_weights_strict,
-    parse_dtype,
     read_json,
 )
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
 from siglip_dola.readout.janus import DEEPSEEK_MODEL_TYPE
+from siglip_dola.settings import parse_dtype
 
 __all__ = ["SCHEMES", "ModelSpec", "detect_scheme", "load_model", "load_towers", "parse_spec"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from siglip_dola.io import atomic_write_bytes
 from siglip_dola.readout.base import TextEncoder
 
 __all__ = [
-    "DEFAULT_CACHE_DIR",
     "build_text_bank",
     "encode_captions",
     "encode_texts",
@@ -29,9 +27,6 @@ __all__ = [
     "validate_class_names",
 ]
 
-DEFAULT_CACHE_DIR = Path(
-    os.environ.get("SIGLIP_DOLA_CACHE", Path.home() / ".cache" / "siglip_dola")
-)
 
 # Fallback copy of the short ImageNet set, used only when open_clip is not installed.
 _SIMPLE_TEMPLATES = (
@@ -165,7 +160,7 @@ def encode_texts(
 def encode_captions(
     encoder: TextEncoder,
     captions: Sequence[str],
-    cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
+    cache_dir: Path | str | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> torch.Tensor:
@@ -188,7 +183,7 @@ def build_text_bank(
     encoder: TextEncoder,
     class_names: Sequence[str],
     templates: Sequence[str],
-    cache_dir: Path | str | None = DEFAULT_CACHE_DIR,
+    cache_dir: Path | str | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> torch.Tensor:

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageError, ImageSet, Skipped
-from siglip_dola.distributed import DistContext
+from siglip_dola.distributed import DistContext, shard_positions
 from siglip_dola.dola import (
     apc_only,
     apply_dola,
@@ -194,17 +194,6 @@ def _save_cached(path: Path, result: LayerEmbeddingSet) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def shard_positions(n: int, shard: tuple[int, int]) -> range:
-    """Contiguous block ``shard = (rank, world)`` of 0..n-1: concatenating the blocks in rank
-    order gives back the single-process order."""
-    rank, world = shard
-    if not 0 <= rank < world:
-        raise ValueError(f"shard {rank} of {world} does not exist")
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
 
 
 @torch.no_grad()

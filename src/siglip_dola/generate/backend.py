@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from siglip_dola.generate.convert import (
     plan_conversion,
 )
 from siglip_dola.generate.sampling import IMAGE_START_TAG, SpecialTokens
+from siglip_dola.settings import default_cache_dir
 
 __all__ = [
     "HF_MODEL_TYPE",
@@ -125,7 +125,7 @@ def _check_hf_files(folder: Path) -> None:
 
 def default_conversion_dir(source: ModelSource) -> Path:
     """Cache folder for the HF-format copy of a DeepSeek checkpoint."""
-    root = Path(os.environ.get("SIGLIP_DOLA_CACHE", Path.home() / ".cache" / "siglip_dola"))
+    root = default_cache_dir()
     digest = hashlib.sha1(source.location.encode()).hexdigest()[:10]
     return root / "janus-hf" / f"{Path(source.location).name}-{digest}"
 

@@ -26,7 +26,7 @@ from siglip_dola.generate.convert import MARKER_FILE, ConversionPlan
 from siglip_dola.generate.prompts import load_negatives, load_prompts
 from siglip_dola.generate.sampling import SamplingConfig
 from siglip_dola.generate.select import SELECT_MODES
-from siglip_dola.readout._common import parse_dtype as torch_dtype_of
+from siglip_dola.settings import parse_dtype as torch_dtype_of
 
 __all__ = [
     "PROMPT_FORMAT",

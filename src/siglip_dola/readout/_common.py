@@ -50,28 +50,6 @@ def move_batch(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtyp
     return moved
 
 
-def parse_dtype(dtype: Any) -> torch.dtype | None:
-    """torch.dtype from a dtype or a name ('float32', 'bf16', 'torch.float16', ...)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "float": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "half": torch.float16,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp64": torch.float64,
-        "float64": torch.float64,
-    }
-    name = str(dtype).lower().removeprefix("torch.")
-    if name not in aliases:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(aliases)}")
-    return aliases[name]
-
-
 def weights_fingerprint(*modules: nn.Module, extra: str = "") -> str:
     """A short hash that changes when the weights change (for cache keys).
 
