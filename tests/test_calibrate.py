@@ -12,9 +12,12 @@ from siglip_dola.calibrate import (
     load_profile,
     rank_variants,
     save_profile,
-    variant_from_profile,
 )
-from siglip_dola.zeroshot import Variant, VariantResult, default_variants, evaluate_variants
+from siglip_dola.metrics import VariantResult
+from siglip_dola.variants import Variant, default_variants
+from siglip_dola.zeroshot import evaluate_variants
+
+variant_from_profile = Variant.from_profile
 
 
 def _result(variant: Variant, acc1: float) -> VariantResult:
@@ -96,7 +99,7 @@ def test_bad_profiles(tmp_path):
 
 
 def test_mcnemar_exact_values():
-    from siglip_dola.calibrate import mcnemar_p_value
+    from siglip_dola.stats import mcnemar_p_value
 
     variant = [True] * 10 + [False] * 2 + [True] * 50
     baseline = [False] * 10 + [True] * 2 + [True] * 50

@@ -16,7 +16,7 @@ from siglip_dola.retrieval import (
     retrieval_metrics,
     text_to_image,
 )
-from siglip_dola.zeroshot import ranking_scores
+from siglip_dola.variants import Variant, ranking_scores
 
 LAYERS = (2, 4, 6)
 
@@ -71,8 +71,9 @@ def test_recall_by_hand():
 def test_k_all_equals_dola_over_full_candidate_set(static):
     layers, text, _ = _problem(seed=1, n_images=12)
     tau = 0.05
+    variant = Variant.static(static) if static else Variant.dynamic(LAYERS[:-1])
     i2t, lists = image_to_text(
-        layers, LAYERS, text, tau, shortlist=None, static_layer=static, k_max=1000
+        layers, LAYERS, text, tau, shortlist=None, variant=variant, k_max=1000
     )
     zn = torch.nn.functional.normalize(layers, dim=-1)
     tn = torch.nn.functional.normalize(text, dim=-1)
@@ -84,7 +85,7 @@ def test_k_all_equals_dola_over_full_candidate_set(static):
     assert torch.equal(i2t.dola_top, rank.argsort(dim=-1, descending=True, stable=True))
     assert torch.equal(i2t.chosen_layers, core.chosen_layers)
     t2i = text_to_image(
-        layers, LAYERS, text, tau, lists, shortlist=None, static_layer=static, k_max=1000
+        layers, LAYERS, text, tau, lists, shortlist=None, variant=variant, k_max=1000
     )
     expected = rank.T.argsort(
         dim=-1, descending=True, stable=True

@@ -34,7 +34,9 @@ PROBE = textwrap.dedent(
             return {"shape": list(t2i.dola_top.shape)}
         small, large = (50, 2000), (1000, 100_000)
     else:
-        from siglip_dola.zeroshot import LayerEmbeddingSet, default_variants, evaluate_embeddings
+        from siglip_dola.embeddings import LayerEmbeddingSet
+        from siglip_dola.variants import default_variants
+        from siglip_dola.zeroshot import evaluate_embeddings
 
         def run(images, classes):
             emb = LayerEmbeddingSet(

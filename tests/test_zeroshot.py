@@ -9,17 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from siglip_dola.dola import apc_only, apply_dola
-from siglip_dola.zeroshot import (
-    LayerEmbeddingSet,
-    Variant,
-    classification_metrics,
-    default_variants,
-    evaluate_embeddings,
-    evaluate_variants,
-    label_ranks,
-    layer_scores,
-    ranking_scores,
-)
+from siglip_dola.embeddings import LayerEmbeddingSet
+from siglip_dola.metrics import classification_metrics, label_ranks
+from siglip_dola.variants import Variant, default_variants, ranking_scores
+from siglip_dola.zeroshot import evaluate_embeddings, evaluate_variants, layer_scores
 
 
 def reference_metrics(ranking: torch.Tensor, labels, num_classes: int) -> dict[str, float]:

@@ -16,14 +16,12 @@ import time
 from collections.abc import Sequence
 
 from siglip_dola.data import ImageSet
+from siglip_dola.embeddings import extract_layer_embeddings
 from siglip_dola.readout.base import LoadedModel
+from siglip_dola.settings import RunSettings
 from siglip_dola.text import build_text_bank
-from siglip_dola.zeroshot import (
-    Variant,
-    default_variants,
-    evaluate_embeddings,
-    extract_layer_embeddings,
-)
+from siglip_dola.variants import Variant, default_variants
+from siglip_dola.zeroshot import evaluate_embeddings
 
 __all__ = ["run_eval_benchmark"]
 
@@ -36,23 +34,10 @@ def _one_eval(
     bank,
     variants: Sequence[Variant],
     layers,
-    batch_size: int,
-    workers: int,
-    device,
-    dtype,
+    settings: RunSettings,
 ) -> float:
     start = time.perf_counter()
-    emb = extract_layer_embeddings(
-        model.vision,
-        image_set,
-        layers,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        dtype=dtype,
-        cache_dir=None,
-        progress=False,
-    )
+    emb = extract_layer_embeddings(model.vision, image_set, layers, settings)
     evaluate_embeddings(emb, bank, model.tau, variants, len(image_set.class_names))
     return time.perf_counter() - start
 
@@ -62,15 +47,14 @@ def run_eval_benchmark(
     image_set: ImageSet,
     templates: Sequence[str],
     repeats: int = 3,
-    batch_size: int = 64,
-    workers: int = 0,
-    device="cpu",
-    dtype=None,
+    settings: RunSettings | None = None,
 ) -> dict[str, float]:
-    """Median seconds of both evals, their ratio, and the text bank's first build vs cache hit."""
+    """Median seconds of both evals, their ratio, and the text bank's first build vs cache hit.
+
+    Both sides read images with ``settings`` minus caches and progress bars."""
     import torch
 
-    dtype = dtype or torch.float32
+    settings = RunSettings.coerce(settings).replace(cache_dir=None, progress=False)
     depth = model.vision.depth
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
@@ -85,31 +69,15 @@ def run_eval_benchmark(
         hit = time.perf_counter() - t0
     dola_variants = default_variants(depth, 3, ALPHAS, None, apc=True)
     all_layers = tuple(range(1, depth))
-    baseline_variants = [Variant("baseline")]
+    baseline_variants = [Variant.baseline()]
     times: dict[str, list[float]] = {"baseline": [], "dola": []}
     # One untimed eval of each first, so that neither side pays the cold start (the process
     # heap grows to its working size during the first passes: page faults, not work).
     for variants, layers in ((baseline_variants, ()), (dola_variants, all_layers)):
-        _one_eval(model, image_set, bank, variants, layers, batch_size, workers, device, dtype)
+        _one_eval(model, image_set, bank, variants, layers, settings)
     for _ in range(repeats):
-        times["baseline"].append(
-            _one_eval(
-                model, image_set, bank, baseline_variants, (), batch_size, workers, device, dtype
-            )
-        )
-        times["dola"].append(
-            _one_eval(
-                model,
-                image_set,
-                bank,
-                dola_variants,
-                all_layers,
-                batch_size,
-                workers,
-                device,
-                dtype,
-            )
-        )
+        times["baseline"].append(_one_eval(model, image_set, bank, baseline_variants, (), settings))
+        times["dola"].append(_one_eval(model, image_set, bank, dola_variants, all_layers, settings))
     base, dola = statistics.median(times["baseline"]), statistics.median(times["dola"])
     base_min, dola_min = min(times["baseline"]), min(times["dola"])
     return dict(

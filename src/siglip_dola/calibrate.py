@@ -7,15 +7,15 @@ the profile records that and its mode is ``off`` (DoLa stays off when it is load
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from siglip_dola.io import atomic_write_json
-from siglip_dola.layers import validate_candidates
-from siglip_dola.zeroshot import Variant, VariantResult
+from siglip_dola.metrics import METRICS, VariantResult
+from siglip_dola.stats import mcnemar_p_value
+from siglip_dola.variants import PROFILE_FORMAT, Variant
 
 __all__ = [
     "PROFILE_FORMAT",
@@ -23,11 +23,7 @@ __all__ = [
     "load_profile",
     "rank_variants",
     "save_profile",
-    "variant_from_profile",
 ]
-
-PROFILE_FORMAT = "siglip-dola-profile/1"
-METRICS = ("acc1", "acc5", "mean_per_class_recall")
 
 
 def rank_variants(results: Sequence[VariantResult], metric: str = "acc1") -> list[VariantResult]:
@@ -36,23 +32,6 @@ def rank_variants(results: Sequence[VariantResult], metric: str = "acc1") -> lis
         raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
     order = {id(r): i for i, r in enumerate(results)}
     return sorted(results, key=lambda r: (-r.metrics[metric], order[id(r)]))
-
-
-def mcnemar_p_value(variant_correct: Sequence[bool], baseline_correct: Sequence[bool]) -> float:
-    """Two-sided exact McNemar test: is the variant's per-image correctness different from the
-    baseline's on the same images? (binomial test on the discordant pairs)."""
-    gains = sum(1 for v, b in zip(variant_correct, baseline_correct) if v and not b)
-    losses = sum(1 for v, b in zip(variant_correct, baseline_correct) if b and not v)
-    n = gains + losses
-    if n == 0:
-        return 1.0
-    k = min(gains, losses)
-    log_half_n = n * math.log(0.5)
-    tail = sum(
-        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n)
-        for i in range(k + 1)
-    )
-    return min(1.0, 2.0 * tail)
 
 
 def build_profile(
@@ -85,7 +64,7 @@ def build_profile(
     if beats:
         p_value = mcnemar_p_value(best.correct.tolist(), baseline.correct.tolist())
     significant = beats and (significance >= 1.0 or p_value < significance)
-    chosen = best.variant if significant else Variant("baseline")
+    chosen = best.variant if significant else Variant.baseline()
     return {
         "format": PROFILE_FORMAT,
         "model": model,
@@ -112,24 +91,6 @@ def build_profile(
     }
 
 
-def variant_from_profile(profile: dict[str, Any], depth: int) -> Variant:
-    """The variant a profile selects, validated against the model's depth."""
-    if profile.get("format") != PROFILE_FORMAT:
-        raise ValueError(
-            f"not a siglip-dola profile (format {profile.get('format')!r}, expected {PROFILE_FORMAT})"
-        )
-    mode = profile.get("mode")
-    if mode == "off":
-        return Variant("baseline")
-    if mode == "apc":
-        return Variant("apc", float(profile["alpha"]))
-    if mode in ("dynamic", "static"):
-        layers = validate_candidates(tuple(int(x) for x in profile["layers"]), depth)
-        bucket = tuple(profile["bucket"]) if profile.get("bucket") else None
-        return Variant(mode, float(profile["alpha"]), layers, bucket)
-    raise ValueError(f"profile mode {mode!r} unknown: expected off, dynamic, static or apc")
-
-
 def save_profile(profile: dict[str, Any], path: Path | str) -> Path:
     return atomic_write_json(path, profile)
 
@@ -144,7 +105,9 @@ def load_profile(path: Path | str) -> dict[str, Any]:
         raise ValueError(
             f"profile {path}: invalid JSON at line {exc.lineno}, column {exc.colno}"
         ) from None
-    variant_from_profile(
+    if not isinstance(profile, dict):
+        raise ValueError(f"profile {path} is not a JSON object")
+    Variant.from_profile(
         profile, depth=max([2, *[int(x) + 1 for x in profile.get("layers") or []]])
     )
     return profile

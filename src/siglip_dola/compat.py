@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from siglip_dola.dola import apply_dola, class_scores
-from siglip_dola.layers import validate_candidates
+from siglip_dola.dola import class_scores
 from siglip_dola.readout._common import parameter_device_dtype
 from siglip_dola.readout.timm_vit import TimmViTReadout
+from siglip_dola.variants import Variant
 
 __all__ = ["rerank_with_dola_siglip"]
 
@@ -36,22 +36,16 @@ def rerank_with_dola_siglip(
     Returns ``(p_hat [B, C], m_idx [B])`` with ``m_idx`` an index into ``candidate_layers``.
     """
     readout = TimmViTReadout(vit, name=type(vit).__name__)
-    candidates = validate_candidates(tuple(candidate_layers), readout.depth)
+    variant = Variant.dynamic(tuple(candidate_layers), alpha).validated(readout.depth)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
         raise ValueError(f"images must be a [B, 3, H, W] tensor, got {shape}")
     device, _ = parameter_device_dtype(vit)
-    embeddings = readout.forward_layers({"pixel_values": images}, candidates)
+    embeddings = readout.forward_layers({"pixel_values": images}, variant.contrast_layers)
     bank = torch.as_tensor(text_bank).to(device)
     scores = class_scores(embeddings.embeddings, bank, tau=tau, normalize=False)
-    result = apply_dola(
-        scores,
-        layers=embeddings.layers,
-        final_layer=readout.depth,
-        candidate_layers=candidates,
-        alpha=alpha,
-    )
+    result = variant.score(scores, embeddings.layers)
     # chosen_layers holds layer numbers; the seeds return positions in candidate_layers.
-    numbers = torch.tensor(candidates, device=result.chosen_layers.device)
+    numbers = torch.tensor(variant.layers, device=result.chosen_layers.device)
     m_idx = (result.chosen_layers.unsqueeze(-1) == numbers).int().argmax(-1)
-    return result.p_hat, m_idx
+    return result.probs, m_idx

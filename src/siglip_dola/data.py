@@ -30,6 +30,7 @@ __all__ = [
     "load_dataset",
     "image_files",
     "load_image",
+    "read_class_names",
     "to_rgb",
 ]
 
@@ -278,9 +279,37 @@ def load_bundled_fashion_mnist() -> ImageSet:
     )
 
 
+def read_class_names(text: str | None) -> list[str] | None:
+    """``--classes``: a comma-separated list, or a file with one name per line."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_file():
+        return [
+            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    return [x.strip() for x in text.split(",")]
+
+
 def load_dataset(spec: str, class_names: Sequence[str] | None = None) -> ImageSet:
     """``bundled:fashion-mnist``, ``folder:DIR`` (or just DIR), ``csv:FILE``/``json:FILE``
-    (or just the file)."""
+    (or just the file).
+
+    ``class_names``: for a label file, the classes (in order) its labels must come from; for
+    a folder or the bundled set, display names for its classes in their order (same count).
+    """
+    image_set = _load_dataset(spec, class_names)
+    if class_names is not None and list(image_set.class_names) != list(class_names):
+        if len(class_names) != len(image_set.class_names):
+            raise ValueError(
+                f"--classes names {len(class_names)} classes but {spec} has "
+                f"{len(image_set.class_names)}"
+            )
+        image_set.class_names = tuple(class_names)
+    return image_set
+
+
+def _load_dataset(spec: str, class_names: Sequence[str] | None) -> ImageSet:
     if spec in ("bundled", "bundled:fashion-mnist"):
         return load_bundled_fashion_mnist()
     if spec.startswith("bundled:"):

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from siglip_dola.data import Skipped
-from siglip_dola.io import atomic_write_bytes
-from siglip_dola.zeroshot import VariantResult
+from siglip_dola.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from siglip_dola.metrics import VariantResult
 
-__all__ = ["classification_results", "format_table", "plot_layers"]
+if TYPE_CHECKING:  # pragma: no cover
+    from siglip_dola.zeroshot import Predictions
+
+__all__ = [
+    "classification_results",
+    "format_table",
+    "plot_layers",
+    "summary_rows",
+    "write_predictions",
+]
 
 
 def classification_results(
@@ -65,6 +76,50 @@ def format_table(
             f"{100 * m['mean_per_class_recall']:6.2f}% {100 * delta:+7.2f}% {kept}"
         )
     return "\n".join(lines)
+
+
+def summary_rows(results: Sequence[VariantResult], limit: int = 12) -> list[VariantResult]:
+    """The rows a summary table shows: baseline, the per-bucket dynamic variants, APC-only,
+    then the best of the others by acc1."""
+    key = [r for r in results if r.variant.kind in ("baseline", "dynamic", "apc")]
+    others = sorted((r for r in results if r not in key), key=lambda r: -r.metrics["acc1"])
+    return key + others[: max(0, limit - len(key))]
+
+
+PREDICTION_FORMATS = (".json", ".csv")
+
+
+def write_predictions(path: Path | str, predictions: Predictions, model: str) -> Path:
+    """Predictions as JSON (``{model, mode, predictions, skipped}``) or CSV (one row per
+    image: prediction, its p, the contrast layer, the top-k as ``class:p;...``), by suffix."""
+    path = Path(path)
+    mode = predictions.variant.name if predictions.variant.uses_dola else "baseline (DoLa off)"
+    if path.suffix.lower() == ".json":
+        return atomic_write_json(
+            path,
+            {
+                "model": model,
+                "mode": mode,
+                "predictions": [p.to_dict() for p in predictions.items],
+                "skipped": [s.__dict__ for s in predictions.skipped],
+            },
+        )
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"predictions file must end in .json or .csv, got {path}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "prediction", "p", "contrast_layer", "top_k"])
+    for p in predictions.items:
+        writer.writerow(
+            [
+                p.source,
+                p.label,
+                f"{p.top_k[0][1]:.6f}",
+                "" if p.contrast_layer is None else p.contrast_layer,
+                ";".join(f"{c}:{prob:.6f}" for c, prob in p.top_k),
+            ]
+        )
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def plot_layers(

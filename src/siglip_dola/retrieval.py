@@ -26,13 +26,17 @@ import torch
 from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageSet
-from siglip_dola.dola import apply_dola
+from siglip_dola.embeddings import extract_layer_embeddings
 from siglip_dola.io import read_records
-from siglip_dola.zeroshot import ranking_scores
+from siglip_dola.layers import default_candidates
+from siglip_dola.settings import RunSettings
+from siglip_dola.text import encode_captions
+from siglip_dola.variants import Variant
 
 __all__ = [
     "RetrievalResult",
     "RetrievalSet",
+    "evaluate_retrieval",
     "image_to_text",
     "load_retrieval_set",
     "recall_at_k",
@@ -193,18 +197,9 @@ def _inverse_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.float(), dim=-1).clamp_min(1e-12).reciprocal()
 
 
-def _dola_kwargs(
-    layers: Sequence[int],
-    candidate_layers: Sequence[int] | None,
-    static_layer: int | None,
-    alpha: float,
-) -> dict[str, Any]:
-    return {
-        "layers": list(layers),
-        "alpha": alpha,
-        "static_layer": static_layer,
-        "candidate_layers": None if static_layer is not None else candidate_layers,
-    }
+def _variant_or_default(variant: Variant | None, layers: Sequence[int]) -> Variant:
+    """``variant``, or dynamic DoLa over every given layer below the final one."""
+    return Variant.dynamic(tuple(layers)[:-1]) if variant is None else variant
 
 
 @dataclass
@@ -220,17 +215,16 @@ def image_to_text(
     text: torch.Tensor,
     tau: float,
     shortlist: int | None = 50,
-    candidate_layers: Sequence[int] | None = None,
-    static_layer: int | None = None,
-    alpha: float = 0.1,
+    variant: Variant | None = None,
     k_max: int = 10,
     max_block_elements: int = 4_000_000,
     progress: bool = False,
 ) -> tuple[RetrievalResult, _ImageShortlists]:
     """Rank captions for every image; ``image_layers`` [L, I, D] ends with the final layer.
 
-    ``shortlist=None`` means all captions. Returns the ranking and the shortlists with their
-    per-layer scores (reused by :func:`text_to_image`).
+    ``shortlist=None`` means all captions; ``variant`` re-ranks the shortlist (default:
+    dynamic DoLa over every given layer below the final one). Returns the ranking and the
+    shortlists with their per-layer scores (reused by :func:`text_to_image`).
     """
     image_layers = _as_tensor(image_layers)
     n_layers, n_images, _ = image_layers.shape
@@ -242,7 +236,7 @@ def image_to_text(
     per_image = max(n_text, n_layers * k_short * 4, k_short * text.shape[1])
     block = max(1, min(n_images, max_block_elements // per_image))
     base_tops, dola_tops, chosen_all, short_idx, short_scores = [], [], [], [], []
-    kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
+    variant = _variant_or_default(variant, layers)
     for start in tqdm(
         range(0, n_images, block),
         desc="image->text",
@@ -255,10 +249,8 @@ def image_to_text(
         top = baseline.topk(max(k_short, k_out), dim=-1).indices
         cand = top[:, :k_short]
         per_layer = torch.einsum("lbd,bkd->lbk", z, text[cand]).mul_(text_scale[cand])  # [L, b, K]
-        result = apply_dola(per_layer, **kwargs)
-        order = ranking_scores(result.p_hat, result.kept, per_layer[-1].softmax(-1)).argsort(
-            dim=-1, descending=True, stable=True
-        )
+        result = variant.score(per_layer, layers)
+        order = result.ranking.argsort(dim=-1, descending=True, stable=True)
         reranked = torch.cat(
             [cand.gather(1, order), top[:, k_short:]], dim=1
         )  # rest keeps baseline order
@@ -267,7 +259,8 @@ def image_to_text(
         chosen_all.append(result.chosen_layers)
         short_idx.append(cand)
         short_scores.append(per_layer)
-    result = RetrievalResult(torch.cat(base_tops), torch.cat(dola_tops), torch.cat(chosen_all))
+    chosen = torch.cat(chosen_all) if chosen_all and chosen_all[0] is not None else None
+    result = RetrievalResult(torch.cat(base_tops), torch.cat(dola_tops), chosen)
     return result, _ImageShortlists(torch.cat(short_idx), torch.cat(short_scores, dim=1))
 
 
@@ -299,9 +292,7 @@ def text_to_image(
     tau: float,
     shortlists: _ImageShortlists,
     shortlist: int | None = 50,
-    candidate_layers: Sequence[int] | None = None,
-    static_layer: int | None = None,
-    alpha: float = 0.1,
+    variant: Variant | None = None,
     k_max: int = 10,
     max_block_elements: int = 4_000_000,
     progress: bool = False,
@@ -319,7 +310,7 @@ def text_to_image(
     per_pair = max(n_images, k_img * n_layers * k_cap * 4)
     block = max(1, min(n_text, max_block_elements // per_pair))
     base_tops, dola_tops = [], []
-    kwargs = _dola_kwargs(layers, candidate_layers, static_layer, alpha)
+    variant = _variant_or_default(variant, layers)
     for start in tqdm(
         range(0, n_text, block), desc="text->image", unit="block", disable=not progress, leave=False
     ):
@@ -347,8 +338,7 @@ def text_to_image(
                 t_idx[missing[0]],
                 max_block_elements,
             )
-        result = apply_dola(scores, **kwargs)
-        rank = ranking_scores(result.p_hat, result.kept, scores[-1].softmax(-1))
+        rank = variant.score(scores, layers).ranking
         pair_score = rank.gather(1, slot.reshape(-1, 1)).reshape(b, ki)
         order = pair_score.argsort(dim=-1, descending=True, stable=True)
         reranked = torch.cat([imgs.gather(1, order), top[:, k_img:]], dim=1)
@@ -380,51 +370,29 @@ def retrieval_metrics(
 def evaluate_retrieval(
     model,
     dataset: RetrievalSet,
+    variant: Variant | None = None,
     *,
     shortlist: int | None = 50,
-    candidate_layers: Sequence[int] | None = None,
-    static_layer: int | None = None,
-    alpha: float = 0.1,
     tau: float | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    cache_dir: Path | str | None = None,
-    progress: bool = True,
+    settings: RunSettings | None = None,
 ) -> dict[str, Any]:
-    """Both directions, baseline and DoLa, as clip_benchmark-shaped metrics plus a ``dola`` block.
-
-    Candidate layers default to the last bucket's even layers (dynamic mode).
-    """
-    from siglip_dola.layers import default_candidates, validate_candidates
-    from siglip_dola.text import encode_captions
-    from siglip_dola.zeroshot import extract_layer_embeddings
-
+    """Both directions, baseline and ``variant`` (default: dynamic DoLa over the last bucket's
+    even layers), as clip_benchmark-shaped metrics plus a ``dola`` block."""
     if model.text is None:
         raise ValueError(f"model {model.vision.name} has no text tower: pass a text model spec")
+    settings = RunSettings.coerce(settings)
     depth = model.vision.depth
-    if static_layer is not None:
-        contrast_layers = validate_candidates([static_layer], depth)
-    elif candidate_layers is None:
-        contrast_layers = default_candidates(depth)
-    else:
-        contrast_layers = validate_candidates(candidate_layers, depth)
+    variant = Variant.dynamic(default_candidates(depth)) if variant is None else variant
+    variant = variant.validated(depth)
     if shortlist is not None and shortlist < 1:
         raise ValueError(f"shortlist must be >= 1 or all, got {shortlist}")
-    text = encode_captions(model.text, dataset.captions, cache_dir=cache_dir, progress=progress)
-    emb = extract_layer_embeddings(
-        model.vision,
-        dataset.images,
-        contrast_layers,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        progress=progress,
+    text = encode_captions(
+        model.text, dataset.captions, cache_dir=settings.cache_dir, progress=settings.progress
     )
+    emb = extract_layer_embeddings(model.vision, dataset.images, variant.contrast_layers, settings)
     tau = model.tau if tau is None else float(tau)
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
     # Captions of skipped images have no image left to retrieve: drop them, and say so.
     kept_images = {int(i): row for row, i in enumerate(emb.indices)}
     caption_rows = [t for t, i in enumerate(dataset.caption_image.tolist()) if i in kept_images]
@@ -437,30 +405,26 @@ def evaluate_retrieval(
         ),
     )
     text = text[caption_rows]
-    kwargs = {
-        "candidate_layers": None if static_layer else contrast_layers,
-        "static_layer": static_layer,
-        "alpha": alpha,
-        "progress": progress,
-    }
-    i2t, lists = image_to_text(emb.embeddings, emb.layers, text, tau, shortlist=shortlist, **kwargs)
-    t2i = text_to_image(emb.embeddings, emb.layers, text, tau, lists, shortlist=shortlist, **kwargs)
+    options = {"variant": variant, "shortlist": shortlist, "progress": settings.progress}
+    i2t, lists = image_to_text(emb.embeddings, emb.layers, text, tau, **options)
+    t2i = text_to_image(emb.embeddings, emb.layers, text, tau, lists, **options)
     metrics = retrieval_metrics(i2t, t2i, sub)
-    chosen = i2t.chosen_layers.tolist()
+    chosen = [] if i2t.chosen_layers is None else i2t.chosen_layers.tolist()
     return {
         "dataset": dataset.name,
         "task": "zeroshot_retrieval",
         "metrics": metrics["baseline"],
         "dola": {
             "metrics": metrics["dola"],
-            "mode": "static" if static_layer else "dynamic",
-            "candidate_layers": list(contrast_layers),
-            "alpha": alpha,
+            "mode": variant.kind,
+            "variant": variant.name,
+            "candidate_layers": list(variant.contrast_layers),
+            "alpha": variant.alpha,
             "tau": tau,
             "shortlist": "all" if shortlist is None else shortlist,
             "num_images": len(sub.images),
             "num_captions": len(sub.captions),
-            "chosen_layer_histogram": {str(m): chosen.count(m) for m in contrast_layers},
+            "chosen_layer_histogram": {str(m): chosen.count(m) for m in variant.contrast_layers},
             "skipped": {"count": len(emb.skipped), "items": [s.__dict__ for s in emb.skipped]},
         },
     }

@@ -23,6 +23,7 @@ __all__ = [
     "encode_captions",
     "encode_texts",
     "load_templates",
+    "resolve_templates",
     "text_bank_key",
     "validate_class_names",
 ]
@@ -82,6 +83,16 @@ def load_templates(spec: str) -> tuple[str, ...]:
                 f"template {number} in {path} lacks the class placeholder {{c}}: {template!r}"
             )
     return templates
+
+
+def resolve_templates(
+    spec: str | None, own: Sequence[str] | None = None, default: str = "openai"
+) -> tuple[str, ...]:
+    """Templates named by ``spec`` (see :func:`load_templates`); without one, a data set's
+    ``own`` templates where it has them, else the ``default`` set."""
+    if spec is not None:
+        return load_templates(spec)
+    return tuple(own) if own else load_templates(default)
 
 
 def validate_class_names(class_names: Sequence[str]) -> tuple[str, ...]:

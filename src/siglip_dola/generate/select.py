@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from siglip_dola.dola import apply_dola, class_scores
+from siglip_dola.dola import class_scores
 from siglip_dola.layers import default_candidates, parse_layers, validate_candidates
 from siglip_dola.readout.base import LoadedModel
+from siglip_dola.variants import Variant
 
 __all__ = ["SELECT_MODES", "CandidateScore", "CandidateScorer", "rank_candidates"]
 
@@ -92,6 +93,7 @@ class CandidateScorer:
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         self.candidate_layers = self._candidate_layers(layers)
+        self.variant = Variant.dynamic(self.candidate_layers, self.alpha)
         self._rows = {text: i for i, text in enumerate(dict.fromkeys(texts))}
         self._bank = self._encode(list(self._rows))
 
@@ -138,15 +140,13 @@ class CandidateScorer:
             scores = class_scores(emb.embeddings.float().cpu(), bank, self.tau, normalize=True)
             final = scores[-1]  # layers are ascending and end with N
             q_final = torch.softmax(final, dim=-1)
-            dola = apply_dola(
-                scores, layers=emb.layers, candidate_layers=self.candidate_layers, alpha=self.alpha
-            )
+            dola = self.variant.score(scores, emb.layers)
             for i in range(final.shape[0]):
                 out.append(
                     CandidateScore(
                         siglip_logit=float(final[i, 0]),
                         siglip_p=float(q_final[i, 0]),
-                        dola_p=float(dola.p_hat[i, 0]),
+                        dola_p=float(dola.probs[i, 0]),
                         contrast_layer=int(dola.chosen_layers[i]),
                     )
                 )

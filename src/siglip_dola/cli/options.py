@@ -1,0 +1,381 @@
+"""Option groups shared by the commands, declared once, and the objects they become.
+
+Each ``add_*`` function declares a group of flags; the matching ``*.from_args`` turns the
+parsed flags into one checked object before any model loads. Nothing here imports torch or
+a model library at module level, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from siglip_dola.settings import COMPUTE_DTYPES, RunSettings, default_cache_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from siglip_dola.variants import VariantGrid
+
+__all__ = [
+    "BUNDLED_MODEL",
+    "DataOptions",
+    "DolaChoice",
+    "ModelOptions",
+    "OutputOptions",
+    "UsageError",
+    "add_data_options",
+    "add_dola_choice_options",
+    "add_grid_options",
+    "add_model_options",
+    "add_output_options",
+    "add_run_options",
+    "grid_from_args",
+    "parse_alphas",
+    "parse_tau",
+    "report_skips",
+    "run_settings_from_args",
+]
+
+BUNDLED_MODEL = "bundled"
+DEFAULT_ALPHAS = "0.1"
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, no traceback."""
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=BUNDLED_MODEL,
+        help="model spec: hf:<id|dir>, open_clip:<name>[:<pretrained>], timm:<name|file>, "
+        "janus:<dir>, or 'bundled' (the demo model). Default: bundled",
+    )
+    g.add_argument(
+        "--text-model",
+        default=None,
+        help="text tower spec for vision-only models (timm:, janus:), "
+        "e.g. hf:google/siglip-large-patch16-384",
+    )
+    g.add_argument(
+        "--head-from",
+        default=None,
+        help="take the SigLIP pooling head (attn_pool) from this timm/open_clip checkpoint, for "
+        "janus: checkpoints that lack one",
+    )
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow transformers models that ship their own code (off by default)",
+    )
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model to load: the vision spec, an optional text tower and its options."""
+
+    spec: str = BUNDLED_MODEL
+    text_spec: str | None = None
+    head_from: str | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelOptions:
+        spec = str(args.model).strip()
+        if not spec:
+            raise UsageError("--model is empty")
+        return cls(spec, args.text_model, args.head_from, bool(args.trust_remote_code))
+
+    @property
+    def resolved_spec(self) -> str:
+        """The spec to load: ``bundled`` names the demo model's folder."""
+        if self.spec == BUNDLED_MODEL:
+            from siglip_dola.data import bundled_model_dir
+
+            return f"hf:{bundled_model_dir()}"
+        return self.spec
+
+    def load(self, settings: RunSettings) -> Any:
+        """The loaded model (``LoadedModel``) on the settings' device and dtype."""
+        from siglip_dola.models import load_model
+
+        return load_model(
+            self.resolved_spec,
+            text_spec=self.text_spec,
+            device=settings.device,
+            dtype=settings.torch_dtype,
+            trust_remote_code=self.trust_remote_code,
+            head_from=self.head_from,
+        )
+
+
+# ----------------------------------------------------------------------------- run settings
+
+
+def add_run_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps). Default: cpu"
+    )
+    g.add_argument(
+        "--dtype", default="float32", choices=COMPUTE_DTYPES, help="compute dtype of the model"
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help=f"images per forward pass (default {batch_size})",
+    )
+    g.add_argument(
+        "--workers", type=int, default=0, help="image decoding worker processes (default 0)"
+    )
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache for text banks and per-layer embeddings (default ~/.cache/siglip_dola, "
+        "or $SIGLIP_DOLA_CACHE)",
+    )
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write caches")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """The run flags as checked :class:`RunSettings` (``--no-cache``: no cache folder)."""
+    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    try:
+        return RunSettings(
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=cache,
+            progress=not args.quiet,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(_flag_message(str(exc))) from None
+
+
+def _flag_message(message: str) -> str:
+    for words, flag in (("batch size", "--batch-size"), ("workers", "--workers")):
+        if message.startswith(words):
+            return f"{flag}{message[len(words) :]}"
+    return message
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def add_data_options(
+    p: argparse.ArgumentParser, default: str | None = "bundled:fashion-mnist"
+) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default=default,
+        help="bundled:fashion-mnist, an image folder (one subfolder per class), or a CSV/JSON "
+        f"label file (columns image,label). Default: {default}",
+    )
+    g.add_argument(
+        "--classes",
+        default=None,
+        help="class names: a comma-separated list or a file with one name per line "
+        "(default: the data set's own)",
+    )
+    g.add_argument(
+        "--templates",
+        default=None,
+        help="prompt templates: openai (80), simple (7), photo, bundled, or a file with one "
+        "template per line containing {c}. Default: the data set's own, else openai",
+    )
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """A labelled data set and how to name and prompt its classes."""
+
+    dataset: str
+    classes: tuple[str, ...] | None = None
+    templates: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DataOptions:
+        from siglip_dola.data import read_class_names
+        from siglip_dola.text import validate_class_names
+
+        names = read_class_names(args.classes)
+        if names is not None:
+            names = validate_class_names(names)
+        return cls(args.dataset, names, args.templates)
+
+    def load(self) -> tuple[Any, tuple[str, ...]]:
+        """(the ``ImageSet``, its templates)."""
+        from siglip_dola.data import load_dataset
+        from siglip_dola.text import resolve_templates, validate_class_names
+
+        image_set = load_dataset(self.dataset, class_names=self.classes)
+        validate_class_names(image_set.class_names)
+        return image_set, resolve_templates(self.templates, image_set.templates)
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def add_grid_options(p: argparse.ArgumentParser, alphas: str = DEFAULT_ALPHAS) -> None:
+    g = p.add_argument_group("DoLa variants")
+    g.add_argument("--buckets", type=int, default=3, help="number of layer buckets (default 3)")
+    g.add_argument(
+        "--alphas", default=alphas, help=f"comma-separated APC alphas (default {alphas})"
+    )
+    g.add_argument(
+        "--static-layers",
+        default="all",
+        help="static contrast layers to evaluate: all, none, or e.g. 18,20,22 (default all)",
+    )
+    g.add_argument("--no-apc", action="store_true", help="skip the APC-only ablation")
+    add_tau_option(g)
+
+
+def add_tau_option(g: Any) -> None:
+    g.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help="softmax temperature (default: 1/exp(logit_scale) of the model)",
+    )
+
+
+def grid_from_args(args: argparse.Namespace) -> VariantGrid:
+    from siglip_dola.variants import VariantGrid
+
+    try:
+        return VariantGrid(
+            num_buckets=args.buckets,
+            alphas=parse_alphas(args.alphas, "--alphas"),
+            static_layers=args.static_layers,
+            apc=not args.no_apc,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_alphas(text: str, name: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{name} is empty")
+    for v in values:
+        if not 0.0 <= v <= 1.0:
+            raise UsageError(f"alpha must be in [0, 1], got {v}")
+    return values
+
+
+def parse_tau(value: float | None) -> float | None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"--tau must be a finite number > 0, got {value}")
+    return value
+
+
+def add_dola_choice_options(p: argparse.ArgumentParser, title: str = "DoLa") -> None:
+    g = p.add_argument_group(title)
+    g.add_argument(
+        "--layers", default=None, help="dynamic candidate layers, e.g. 18,20,22 or bucket:3"
+    )
+    g.add_argument(
+        "--static-layer", type=int, default=None, help="static mode with this contrast layer"
+    )
+    g.add_argument("--alpha", type=float, default=0.1, help="APC alpha (default 0.1)")
+    g.add_argument(
+        "--profile", type=Path, default=None, help="calibration profile (mode, layers, alpha)"
+    )
+
+
+@dataclass(frozen=True)
+class DolaChoice:
+    """One DoLa variant as the flags describe it; layer lists are checked once the model's
+    depth is known (:meth:`variant`)."""
+
+    layers: str | None = None
+    static_layer: int | None = None
+    alpha: float = 0.1
+    profile: dict[str, Any] | None = None
+    profile_path: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DolaChoice:
+        from siglip_dola.calibrate import load_profile
+
+        alpha = parse_alphas(str(args.alpha), "--alpha")[0]
+        profile = load_profile(args.profile) if args.profile else None
+        return cls(args.layers, args.static_layer, alpha, profile, args.profile)
+
+    def variant(self, depth: int, use_dola: bool = True) -> Any:
+        """The :class:`~siglip_dola.variants.Variant` for a model of ``depth`` layers."""
+        from siglip_dola.layers import parse_layers
+        from siglip_dola.variants import Variant
+
+        if not use_dola:
+            return Variant.baseline()
+        if self.profile is not None:
+            return Variant.from_profile(self.profile, depth)
+        layers = parse_layers(self.layers, depth) if self.layers else None
+        return Variant.choose(
+            depth,
+            use_dola=use_dola,
+            candidate_layers=layers,
+            static_layer=self.static_layer,
+            alpha=self.alpha,
+        )
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def add_output_options(p: argparse.ArgumentParser, default_name: str) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--output", type=Path, default=None, help=f"results JSON file (e.g. {default_name})"
+    )
+    g.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where results go, checked before any work: nothing is replaced without ``overwrite``."""
+
+    output: Path | None = None
+    plots: Path | None = None
+    overwrite: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> OutputOptions:
+        from siglip_dola.io import check_writable
+
+        opts = cls(getattr(args, "output", None), getattr(args, "plots", None), args.overwrite)
+        if opts.output is not None:
+            check_writable(opts.output, opts.overwrite)
+        return opts
+
+
+def report_skips(skipped: Sequence[Any]) -> None:
+    """Skipped images on stderr: a count and the first 20 reasons."""
+    if skipped:
+        print(f"skipped {len(skipped)} image(s):", file=sys.stderr)
+        for s in skipped[:20]:
+            print(f"  {s.source}: {s.reason}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(
+                f"  ... and {len(skipped) - 20} more (all listed in the results JSON)",
+                file=sys.stderr,
+            )
