@@ -29,7 +29,6 @@ Array = torch.Tensor | np.ndarray
 __all__ = [
     "Array",
     "DolaResult",
-    "apc_mask",
     "apc_only",
     "build_probs_from_rep",
     "class_scores",
@@ -42,7 +41,6 @@ __all__ = [
     "dola_from_distributions",
     "jensen_shannon",
     "jsd",
-    "log_distributions",
     "select_contrast_layer",
     "select_early_exit",
 ]
@@ -77,7 +75,7 @@ def _stack_same_shape(named: Mapping[str, Any], what: str) -> tuple[torch.Tensor
     return torch.stack([t.to(dtype) for t, _ in parts]), parts[0][1]
 
 
-def _back(x: torch.Tensor, to_numpy: bool) -> Array:
+def _as_input_kind(x: torch.Tensor, to_numpy: bool) -> Array:
     return x.cpu().numpy() if to_numpy else x
 
 
@@ -160,17 +158,7 @@ def class_scores(
         z = torch.nn.functional.normalize(z, dim=-1)
         t = torch.nn.functional.normalize(t, dim=-1)
     t = t.to(z.dtype)
-    return _back(z @ t.T / tau, to_numpy)
-
-
-def log_distributions(scores: Array) -> Array:
-    """log q = log_softmax over the last axis, in float32 or wider."""
-    s, to_numpy = _as_tensor(scores, "scores")
-    _check_finite(s, "scores")
-    return _back(class_softmax(s, log=True), to_numpy)
-
-
-# ----------------------------------------------------------------------------- divergences
+    return _as_input_kind(z @ t.T / tau, to_numpy)
 
 
 def _neg_entropy(p: torch.Tensor, log_p: torch.Tensor | None = None) -> torch.Tensor:
@@ -208,7 +196,7 @@ def jensen_shannon(p: Array, q: Array) -> Array:
     _check_finite(pt, "p")
     _check_finite(qt, "q")
     qt = qt.to(pt.dtype)
-    return _back(_jsd_from_probs(pt, qt), to_numpy)
+    return _as_input_kind(_jsd_from_probs(pt, qt), to_numpy)
 
 
 # ----------------------------------------------------------------------------- APC + contrast
@@ -227,30 +215,22 @@ def _masked_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return class_softmax(logits.masked_fill(~keep, -math.inf))
 
 
-def apc_mask(q_final: Array, alpha: float = 0.1) -> Array:
-    """Adaptive plausibility constraint: keep c with q_N(c) >= alpha * max q_N (bool mask)."""
-    _check_alpha(alpha)
-    q, to_numpy = _as_tensor(q_final, "q_final")
-    _check_finite(q, "q_final")
-    return _back(_apc_mask_log(_log_probs(q), alpha), to_numpy)
-
-
 def contrast(log_q_final: Array, log_q_contrast: Array, alpha: float = 0.1) -> tuple[Array, Array]:
     """p_hat = softmax(log q_N - log q_M) on the APC set; returns (p_hat, kept mask).
 
     Takes *log* distributions of identical shape [..., C].
     """
     _check_alpha(alpha)
-    lf, to_numpy = _as_tensor(log_q_final, "log_q_final")
-    lc, _ = _as_tensor(log_q_contrast, "log_q_contrast")
-    if lf.shape != lc.shape:
+    log_final, to_numpy = _as_tensor(log_q_final, "log_q_final")
+    log_other, _ = _as_tensor(log_q_contrast, "log_q_contrast")
+    if log_final.shape != log_other.shape:
         raise ValueError(
             f"log_q_final and log_q_contrast must have the same shape, got "
-            f"{tuple(lf.shape)} and {tuple(lc.shape)}"
+            f"{tuple(log_final.shape)} and {tuple(log_other.shape)}"
         )
-    _check_finite(lf, "log_q_final")
-    _check_finite(lc, "log_q_contrast")
-    return _contrast_per_alpha(lf, lc, (alpha,), to_numpy)[0]
+    _check_finite(log_final, "log_q_final")
+    _check_finite(log_other, "log_q_contrast")
+    return _contrast_per_alpha(log_final, log_other, (alpha,), to_numpy)[0]
 
 
 def contrast_stack(
@@ -268,34 +248,39 @@ def contrast_stack_alphas(
     log-ratios log q_N - log q_M formed once, then masked per alpha."""
     for alpha in alphas:
         _check_alpha(alpha)
-    lf, to_numpy = _as_tensor(log_q_final, "log_q_final")
-    lc, _ = _as_tensor(log_q_contrasts, "log_q_contrasts")
-    _check_ndim(lf, 2, "log_q_final", "[B, C]")
-    _check_ndim(lc, 3, "log_q_contrasts", "[S, B, C]")
-    if lc.shape[1:] != lf.shape:
+    log_final, to_numpy = _as_tensor(log_q_final, "log_q_final")
+    log_other, _ = _as_tensor(log_q_contrasts, "log_q_contrasts")
+    _check_ndim(log_final, 2, "log_q_final", "[B, C]")
+    _check_ndim(log_other, 3, "log_q_contrasts", "[S, B, C]")
+    if log_other.shape[1:] != log_final.shape:
         raise ValueError(
-            f"contrasts must have shape [S, {lf.shape[0]}, {lf.shape[1]}], got {tuple(lc.shape)}"
+            f"contrasts must have shape [S, {log_final.shape[0]}, {log_final.shape[1]}], got {tuple(log_other.shape)}"
         )
-    _check_finite(lf, "log_q_final")
-    _check_finite(lc, "log_q_contrasts")
-    return _contrast_per_alpha(lf, lc, alphas, to_numpy)
+    _check_finite(log_final, "log_q_final")
+    _check_finite(log_other, "log_q_contrasts")
+    return _contrast_per_alpha(log_final, log_other, alphas, to_numpy)
 
 
 def _contrast_per_alpha(
-    lf: torch.Tensor, lc: torch.Tensor, alphas: Sequence[float], to_numpy: bool
+    log_final: torch.Tensor, log_other: torch.Tensor, alphas: Sequence[float], to_numpy: bool
 ) -> list[tuple[Array, Array]]:
-    log_ratio = lf - lc.to(lf.dtype)
-    keeps = [_apc_mask_log(lf, alpha) for alpha in alphas]
-    return [(_back(_masked_softmax(log_ratio, k), to_numpy), _back(k, to_numpy)) for k in keeps]
+    log_ratio = log_final - log_other.to(log_final.dtype)
+    keeps = [_apc_mask_log(log_final, alpha) for alpha in alphas]
+    return [
+        (_as_input_kind(_masked_softmax(log_ratio, k), to_numpy), _as_input_kind(k, to_numpy))
+        for k in keeps
+    ]
 
 
 def apc_only(log_q_final: Array, alpha: float = 0.1) -> tuple[Array, Array]:
     """Ablation: the APC mask without contrast (q_N renormalised on V_head)."""
     _check_alpha(alpha)
-    lf, to_numpy = _as_tensor(log_q_final, "log_q_final")
-    _check_finite(lf, "log_q_final")
-    keep = _apc_mask_log(lf, alpha)
-    return _back(_masked_softmax(lf, keep), to_numpy), _back(keep, to_numpy)
+    log_final, to_numpy = _as_tensor(log_q_final, "log_q_final")
+    _check_finite(log_final, "log_q_final")
+    keep = _apc_mask_log(log_final, alpha)
+    return _as_input_kind(_masked_softmax(log_final, keep), to_numpy), _as_input_kind(
+        keep, to_numpy
+    )
 
 
 def _jsd_from_log_distributions(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -330,21 +315,21 @@ def select_contrast_layer(log_q_final: Array, log_q_candidates: Array) -> tuple[
     ``log_q_final`` [B, C], ``log_q_candidates`` [K, B, C]; returns (index into K [B],
     JSD of every candidate [B, K]).
     """
-    lf, to_numpy = _as_tensor(log_q_final, "log_q_final")
-    lc, _ = _as_tensor(log_q_candidates, "log_q_candidates")
-    _check_ndim(lf, 2, "log_q_final", "[B, C]")
-    _check_ndim(lc, 3, "log_q_candidates", "[K, B, C]")
-    if lc.shape[0] == 0:
+    log_final, to_numpy = _as_tensor(log_q_final, "log_q_final")
+    log_other, _ = _as_tensor(log_q_candidates, "log_q_candidates")
+    _check_ndim(log_final, 2, "log_q_final", "[B, C]")
+    _check_ndim(log_other, 3, "log_q_candidates", "[K, B, C]")
+    if log_other.shape[0] == 0:
         raise ValueError("empty candidate set: expected at least one candidate layer")
-    if lc.shape[1:] != lf.shape:
+    if log_other.shape[1:] != log_final.shape:
         raise ValueError(
-            f"candidates must have shape [K, {lf.shape[0]}, {lf.shape[1]}] to match the final "
-            f"layer, got {tuple(lc.shape)}"
+            f"candidates must have shape [K, {log_final.shape[0]}, {log_final.shape[1]}] to match the final "
+            f"layer, got {tuple(log_other.shape)}"
         )
-    _check_finite(lf, "log_q_final")
-    _check_finite(lc, "log_q_candidates")
-    index, divergence = _select(lf, lc.to(lf.dtype))
-    return _back(index, to_numpy), _back(divergence, to_numpy)
+    _check_finite(log_final, "log_q_final")
+    _check_finite(log_other, "log_q_candidates")
+    index, divergence = _select(log_final, log_other.to(log_final.dtype))
+    return _as_input_kind(index, to_numpy), _as_input_kind(divergence, to_numpy)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -459,10 +444,10 @@ def apply_dola(
     keep = _apc_mask_log(log_final, alpha)
     p_hat = _masked_softmax(log_final - log_contrast, keep)
     return DolaResult(
-        p_hat=_back(p_hat, to_numpy),
-        chosen_layers=_back(candidate_numbers[index], to_numpy),
-        jsd=_back(divergence, to_numpy),
-        kept=_back(keep, to_numpy),
+        p_hat=_as_input_kind(p_hat, to_numpy),
+        chosen_layers=_as_input_kind(candidate_numbers[index], to_numpy),
+        jsd=_as_input_kind(divergence, to_numpy),
+        kept=_as_input_kind(keep, to_numpy),
         candidate_layers=tuple(candidates),
         final_layer=final,
     )
@@ -477,7 +462,7 @@ def build_probs_from_rep(z: Array, text_bank: Array, tau: float = 1.0) -> Array:
     """Seed-compatible: q(c) = softmax_c(<z, t_c> / tau) with the raw (unnormalised) dot product."""
     scores = class_scores(z, text_bank, tau=tau, normalize=False)
     s, to_numpy = _as_tensor(scores, "scores")
-    return _back(class_softmax(s), to_numpy)
+    return _as_input_kind(class_softmax(s), to_numpy)
 
 
 def jsd(p: Array, q: Array) -> Array:
@@ -501,7 +486,7 @@ def select_early_exit(qN: Array, q_list: Sequence[Array] | Mapping[Any, Array]) 
     qn, to_numpy = _as_tensor(qN, "qN")
     qs, _ = _stack_distributions(q_list)
     index, _ = select_contrast_layer(_log_probs(qn), _log_probs(qs.to(qn.dtype)))
-    return _back(index, to_numpy)
+    return _as_input_kind(index, to_numpy)
 
 
 def contrast_and_mask(qN: Array, qM: Array, alpha: float = 0.1) -> Array:  # noqa: N803
@@ -509,7 +494,7 @@ def contrast_and_mask(qN: Array, qM: Array, alpha: float = 0.1) -> Array:  # noq
     qn, to_numpy = _as_tensor(qN, "qN")
     qm, _ = _as_tensor(qM, "qM")
     p_hat, _ = contrast(_log_probs(qn), _log_probs(qm.to(qn.dtype)), alpha)
-    return _back(p_hat, to_numpy)
+    return _as_input_kind(p_hat, to_numpy)
 
 
 def dola_from_distributions(
@@ -525,4 +510,4 @@ def dola_from_distributions(
     index, _ = select_contrast_layer(log_final, log_cand)
     log_contrast = log_cand[index, torch.arange(log_final.shape[0], device=log_final.device)]
     p_hat, _ = contrast(log_final, log_contrast, alpha)
-    return _back(p_hat, to_numpy), _back(index, to_numpy)
+    return _as_input_kind(p_hat, to_numpy), _as_input_kind(index, to_numpy)

@@ -1,0 +1,75 @@
+"""Run settings: checked once, coerced from dicts; one dtype parser, device check, cache root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from siglip_dola.settings import (
+    RunSettings,
+    check_device,
+    default_cache_dir,
+    dtype_name,
+    parse_dtype,
+)
+
+
+def test_defaults_and_checks():
+    s = RunSettings()
+    assert (s.batch_size, s.workers, s.device, s.dtype, s.cache_dir, s.progress) == (
+        64,
+        0,
+        "cpu",
+        "float32",
+        None,
+        True,
+    )
+    assert RunSettings(dtype="bf16").torch_dtype is torch.bfloat16
+    assert RunSettings(cache_dir="~/x").cache_dir == Path("~/x").expanduser()
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        RunSettings(batch_size=0)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        RunSettings(workers=-1)
+    with pytest.raises(TypeError, match="batch size must be an integer"):
+        RunSettings(batch_size=2.5)
+    with pytest.raises(ValueError, match="not a compute dtype"):
+        RunSettings(dtype="float64")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        RunSettings(dtype="int3")
+
+
+def test_coerce_and_replace():
+    s = RunSettings.coerce({"batch_size": 8, "device": "cpu"})
+    assert s == RunSettings(batch_size=8)
+    assert RunSettings.coerce(None) == RunSettings() and RunSettings.coerce(s) is s
+    assert s.replace(progress=False).progress is False and s.progress is True
+    with pytest.raises(TypeError, match="unknown run settings"):
+        RunSettings.coerce({"batchsize": 8})
+    with pytest.raises(ValueError):
+        s.replace(batch_size=-3)
+
+
+def test_dtype_parser():
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype(torch.float16) is torch.float16
+    assert parse_dtype(None) is None and parse_dtype("torch.float32") is torch.float32
+    assert dtype_name(torch.bfloat16) == "bfloat16" and dtype_name("half") == "float16"
+    with pytest.raises(ValueError, match="unknown dtype"):
+        parse_dtype("int3")
+
+
+def test_device_check():
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            check_device("cuda")
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIGLIP_DOLA_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    monkeypatch.delenv("SIGLIP_DOLA_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "siglip_dola"
