@@ -289,19 +289,29 @@ def test_two_process_gloo_eval_equals_single_process(tmp_path):
         for metric in ("acc1", "acc5"):
             assert round(a["metrics"][metric] * n) == round(b["metrics"][metric] * n), a["name"]
         assert a.get("chosen_layer_histogram") == b.get("chosen_layer_histogram")
-    # the sharded cache the 2-process run wrote is read back by a single process
-    shards = list((tmp_path / "cache" / "embeddings").glob("*/shard-*-of-00002"))
-    assert len(shards) == 2
+    # the cache blocks the 2-process run wrote (2,000 images: 4 blocks of 512) are read back
+    # by a single process, which computes nothing and joins them into one file
+    blocks = list((tmp_path / "cache" / "embeddings").glob("*/blocks/block-*"))
+    assert sorted(b.name for b in blocks) == [f"block-{i:06d}" for i in range(4)]
     again = subprocess.run(
-        [sys.executable, "-m", "siglip_dola", *common, "--output", str(tmp_path / "again.json")],
+        [
+            sys.executable,
+            "-m",
+            "siglip_dola",
+            *[a for a in common if a != "--quiet"],
+            "--output",
+            str(tmp_path / "again.json"),
+        ],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "cached=2000" in again.stderr
     assert (
         json.loads((tmp_path / "again.json").read_text())["dola"]["variants"]
         == one["dola"]["variants"]
     )
-    assert not list((tmp_path / "cache" / "embeddings").glob("*/shard-00000-of-00001"))
+    assert not list((tmp_path / "cache" / "embeddings").glob("*/blocks/block-*"))
+    assert list((tmp_path / "cache" / "embeddings").glob("*/all/embeddings.npy"))

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageSet
-from siglip_dola.embeddings import extract_layer_embeddings
+from siglip_dola.embeddings import as_tensor, extract_layer_embeddings
 from siglip_dola.io import read_records
 from siglip_dola.layers import default_candidates
 from siglip_dola.settings import RunSettings
@@ -185,10 +185,6 @@ class RetrievalResult:
     chosen_layers: torch.Tensor | None = None  # [Q] (image -> text only)
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, copy=False))
-
-
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
@@ -226,7 +222,7 @@ def image_to_text(
     dynamic DoLa over every given layer below the final one). Returns the ranking and the
     shortlists with their per-layer scores (reused by :func:`text_to_image`).
     """
-    image_layers = _as_tensor(image_layers)
+    image_layers = as_tensor(image_layers)
     n_layers, n_images, _ = image_layers.shape
     n_text = text.shape[0]
     k_short = n_text if shortlist is None else min(shortlist, n_text)
@@ -298,7 +294,7 @@ def text_to_image(
     progress: bool = False,
 ) -> RetrievalResult:
     """Rank images for every caption (see the module docstring for the DoLa score)."""
-    image_layers = _as_tensor(image_layers)
+    image_layers = as_tensor(image_layers)
     n_layers, n_images, _ = image_layers.shape
     n_text = text.shape[0]
     k_img = n_images if shortlist is None else min(shortlist, n_images)

@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from siglip_dola.data import ImageError, ImageSet, Skipped, load_image
+from siglip_dola.data import ImageSet, Skipped
 from siglip_dola.distributed import DistContext
 from siglip_dola.dola import apc_only, class_softmax, contrast_stack_alphas, select_contrast_layer
-from siglip_dola.embeddings import LayerEmbeddingSet, extract_layer_embeddings
+from siglip_dola.embeddings import LayerEmbeddingSet, as_tensor, extract_layer_embeddings
 from siglip_dola.metrics import (
     VariantResult,
     class_labels,
@@ -73,11 +73,7 @@ def layer_scores(
     """Scores [L, N, C] = <normalised z_l, normalised t_c> / tau, computed in image blocks."""
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    emb = (
-        torch.as_tensor(np.asarray(embeddings))
-        if isinstance(embeddings, np.ndarray)
-        else embeddings
-    )
+    emb = as_tensor(embeddings)
     if emb.shape[-1] != text_bank.shape[-1]:
         raise ValueError(
             f"embedding size mismatch: image embeddings have D={emb.shape[-1]}, text bank has "
@@ -403,30 +399,30 @@ def classify_files(
     top_k: int = 5,
     on_prediction: Any = None,
 ) -> Predictions:
-    """Classify image files in batches of ``classifier.settings.batch_size``; unreadable
-    files are skipped and listed. ``on_prediction(prediction)`` is called as each one is made."""
+    """Classify image files through the input pipeline (:mod:`siglip_dola.embeddings`: loader
+    workers, batches of ``classifier.settings.batch_size``, the embedding cache); unreadable
+    files are skipped and listed. ``on_prediction(prediction)`` is called for each image."""
     if top_k < 1:
         raise ValueError(f"top-k must be >= 1, got {top_k}")
-    settings = classifier.settings
-    result = Predictions(classifier.variant)
+    files = ImageSet(
+        "images", classifier.class_names, [Path(p) for p in paths], np.zeros(len(paths), np.int64)
+    )
+    embeddings = extract_layer_embeddings(
+        classifier.model.vision,
+        files,
+        classifier.variant.contrast_layers,
+        classifier.settings,
+    )
+    result = Predictions(classifier.variant, skipped=list(embeddings.skipped))
     names = classifier.class_names
-    for start in tqdm(
-        range(0, len(paths), settings.batch_size), desc="classify", disable=not settings.progress
-    ):
-        images, used = [], []
-        for path in paths[start : start + settings.batch_size]:
-            try:
-                images.append(load_image(path))
-                used.append(str(path))
-            except ImageError as exc:
-                result.skipped.append(Skipped(str(path), str(exc)))
-        if not images:
-            continue
-        out = classifier.predict(images)
+    for start in range(0, len(embeddings.indices), classifier.settings.batch_size):
+        rows = slice(start, start + classifier.settings.batch_size)
+        scores = layer_scores(embeddings.embeddings[:, rows], classifier.text_bank, classifier.tau)
+        out = classifier.variant.score(scores, embeddings.layers)
         idx, probs = out.topk(top_k)
-        for i, source in enumerate(used):
+        for i, position in enumerate(embeddings.indices[rows].tolist()):
             prediction = Prediction(
-                source,
+                files.source(position),
                 [(names[int(c)], float(p)) for c, p in zip(idx[i], probs[i])],
                 None if out.chosen_layers is None else int(out.chosen_layers[i]),
             )

@@ -24,9 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from siglip_dola.data import ImageSet
 from siglip_dola.dola import class_scores
+from siglip_dola.embeddings import extract_layer_embeddings
 from siglip_dola.layers import default_candidates, parse_layers, validate_candidates
 from siglip_dola.readout.base import LoadedModel
+from siglip_dola.settings import RunSettings
 from siglip_dola.variants import Variant
 
 __all__ = ["SELECT_MODES", "CandidateScore", "CandidateScorer", "rank_candidates"]
@@ -77,10 +80,12 @@ class CandidateScorer:
         texts: Sequence[str],
         layers: str | Sequence[int] | None = None,
         alpha: float = 0.1,
+        settings: RunSettings | None = None,
     ) -> None:
         """``texts``: every prompt and negative that will be scored (encoded once here).
         ``layers``: DoLa candidate layers (``18,20,22``, ``bucket:3``...; default: the even
-        layers of the last of three buckets)."""
+        layers of the last of three buckets). ``settings``: how candidates are read (default:
+        in-process batches of 64, no cache; the readout moves them to the model's device)."""
         if model.text is None:
             raise ValueError(
                 f"the scorer {model.vision.name!r} has no text tower; pass --scorer-text"
@@ -88,6 +93,7 @@ class CandidateScorer:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.model = model
+        self.settings = settings or RunSettings(batch_size=BATCH_SIZE, progress=False)
         self.alpha = float(alpha)
         self.tau = model.tau
         if not self.tau > 0:
@@ -132,22 +138,27 @@ class CandidateScorer:
         if missing:
             raise KeyError(f"texts not encoded by the scorer: {missing[:3]}")
         bank = self._bank[[self._rows[t] for t in classes]]
-        vision = self.model.vision
-        out: list[CandidateScore] = []
-        for start in range(0, len(images), BATCH_SIZE):
-            batch = vision.preprocess(list(images[start : start + BATCH_SIZE]))
-            emb = vision.forward_layers(batch, self.candidate_layers)
-            scores = class_scores(emb.embeddings.float().cpu(), bank, self.tau, normalize=True)
-            final = scores[-1]  # layers are ascending and end with N
-            q_final = torch.softmax(final, dim=-1)
-            dola = self.variant.score(scores, emb.layers)
-            for i in range(final.shape[0]):
-                out.append(
-                    CandidateScore(
-                        siglip_logit=float(final[i, 0]),
-                        siglip_p=float(q_final[i, 0]),
-                        dola_p=float(dola.probs[i, 0]),
-                        contrast_layer=int(dola.chosen_layers[i]),
-                    )
-                )
-        return out
+        candidates = ImageSet(
+            "candidates",
+            ("prompt",),
+            [np.asarray(image.convert("RGB")) for image in images],
+            np.zeros(len(images), dtype=np.int64),
+        )
+        emb = extract_layer_embeddings(
+            self.model.vision, candidates, self.candidate_layers, self.settings
+        )
+        if len(emb.indices) != len(images):
+            raise ValueError(f"the scorer could not read candidate(s): {emb.skipped[:3]}")
+        scores = class_scores(torch.as_tensor(emb.embeddings), bank, self.tau, normalize=True)
+        final = scores[-1]  # layers are ascending and end with N
+        q_final = torch.softmax(final, dim=-1)
+        dola = self.variant.score(scores, emb.layers)
+        return [
+            CandidateScore(
+                siglip_logit=float(final[i, 0]),
+                siglip_p=float(q_final[i, 0]),
+                dola_p=float(dola.probs[i, 0]),
+                contrast_layer=int(dola.chosen_layers[i]),
+            )
+            for i in range(final.shape[0])
+        ]

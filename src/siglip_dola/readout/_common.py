@@ -40,12 +40,22 @@ def parameter_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype
     return param.device, param.dtype
 
 
-def move_batch(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> Batch:
-    """Tensors to ``device``; floating tensors (pixels) also to the model's ``dtype``."""
+def move_batch(
+    batch: Mapping[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+    non_blocking: bool = False,
+) -> Batch:
+    """Tensors to ``device``; floating tensors (pixels) also to the model's ``dtype``.
+    ``non_blocking`` overlaps the copy of pinned tensors with work already queued."""
     moved = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
-            value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+            value = value.to(
+                device=device,
+                dtype=dtype if value.is_floating_point() else None,
+                non_blocking=non_blocking,
+            )
         moved[key] = value
     return moved
 

@@ -15,6 +15,26 @@ import torch
 from PIL import Image
 
 Batch = dict[str, torch.Tensor]  # model inputs, e.g. {"pixel_values": [B, 3, H, W]}
+Sample = dict[str, torch.Tensor]  # one image's inputs, without the batch dimension
+
+
+@runtime_checkable
+class ImageTransform(Protocol):
+    """The CPU side of a model's preprocessing: one RGB image -> its input tensors.
+
+    Picklable, so that data-loader worker processes run it; the main process only stacks
+    (:func:`collate_samples`) and moves the result to the device.
+    """
+
+    def __call__(self, image: Image.Image) -> Sample:
+        """The model inputs of one image (no batch dimension)."""
+
+
+def collate_samples(samples: Sequence[Sample]) -> Batch:
+    """Per-image inputs stacked into a batch (every image has the same keys and shapes)."""
+    if not samples:
+        raise ValueError("no samples to collate")
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
 @dataclass(frozen=True)
@@ -49,9 +69,11 @@ class VisionReadout(Protocol):
     depth: int  # N, number of transformer blocks
     embed_dim: int  # D of the image embedding
     fingerprint: str  # identifies the weights (for caches)
+    image_transform: ImageTransform  # CPU-side preprocessing of one image (picklable)
 
     def preprocess(self, images: Sequence[Image.Image]) -> Batch:
-        """The model's own preprocessing of RGB PIL images into a batch of inputs."""
+        """The model's own preprocessing of RGB PIL images into a batch of inputs on the
+        model's device: ``image_transform`` per image, stacked, moved."""
 
     def forward_layers(self, batch: Batch, layers: Sequence[int]) -> LayerEmbeddings:
         """One backbone pass -> embeddings of ``layers`` plus N, as [L, B, D]."""

@@ -29,9 +29,15 @@ from siglip_dola.readout._common import (
     weights_fingerprint,
 )
 from siglip_dola.readout.attention_pool import MapPooling, supports_fused_map_pool
-from siglip_dola.readout.base import Batch, LayerEmbeddings
+from siglip_dola.readout.base import Batch, LayerEmbeddings, Sample, collate_samples
 
-__all__ = ["HFSiglipReadout", "HFSiglipText", "find_vision_transformer", "pooled_output"]
+__all__ = [
+    "HFImageTransform",
+    "HFSiglipReadout",
+    "HFSiglipText",
+    "find_vision_transformer",
+    "pooled_output",
+]
 
 VISION_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 DEFAULT_TEXT_LENGTH = 64  # SigLIP's training context length
@@ -97,6 +103,20 @@ def _encoder_attention_mask(
     return _prepare_4d_attention_mask(mask, hidden.dtype)
 
 
+class HFImageTransform:
+    """A transformers image processor applied to one image: its vision inputs without the
+    batch dimension. Each image is resized, normalised (and, for SigLIP2, patchified and padded
+    to the processor's fixed patch count) on its own, so stacking per-image results gives the
+    same tensors as processing the batch at once."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> Sample:
+        out = self.processor(images=[image], return_tensors="pt")
+        return {key: out[key][0] for key in VISION_INPUTS if key in out}
+
+
 class HFSiglipReadout:
     """Per-layer readout of a transformers SigLIP / SigLIP2 image tower."""
 
@@ -131,14 +151,18 @@ class HFSiglipReadout:
             self._fingerprint = weights_fingerprint(self.vision, extra=self.name)
         return self._fingerprint
 
-    def preprocess(self, images: Sequence[Image.Image]) -> Batch:
-        """The model's own image processor (resize/normalise; NaFlex patches for SigLIP2)."""
+    @property
+    def image_transform(self) -> HFImageTransform:
+        """The model's own image processor, one image at a time (runs in loader workers)."""
         if self.image_processor is None:
             raise ValueError(f"{self.name}: no image processor was loaded with this model")
-        out = self.image_processor(images=list(images), return_tensors="pt")
-        batch = {key: out[key] for key in VISION_INPUTS if key in out}
+        return HFImageTransform(self.image_processor)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Batch:
+        """The model's own image processor (resize/normalise; NaFlex patches for SigLIP2)."""
+        transform = self.image_transform
         device, dtype = parameter_device_dtype(self.vision)
-        return move_batch(batch, device, dtype)
+        return move_batch(collate_samples([transform(image) for image in images]), device, dtype)
 
     @torch.no_grad()
     def forward_layers(self, batch: Batch, layers: Sequence[int]) -> LayerEmbeddings:

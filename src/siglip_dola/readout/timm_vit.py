@@ -27,11 +27,21 @@ from siglip_dola.readout._common import (
     resolve_layers,
     weights_fingerprint,
 )
-from siglip_dola.readout.base import Batch, LayerEmbeddings
+from siglip_dola.readout.base import Batch, LayerEmbeddings, Sample, collate_samples
 
-__all__ = ["TimmViTReadout", "timm_transform"]
+__all__ = ["PixelTransform", "TimmViTReadout", "timm_transform"]
 
 Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class PixelTransform:
+    """A per-image pixel transform ([3, H, W] out) as the model input ``pixel_values``."""
+
+    def __init__(self, transform: Transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> Sample:
+        return {"pixel_values": self.transform(image)}
 
 
 class TimmViTReadout:
@@ -85,13 +95,18 @@ class TimmViTReadout:
 
     # ------------------------------------------------------------------------- inputs
 
-    def preprocess(self, images: Sequence[Image.Image]) -> Batch:
-        """The model's own transform applied to each image, stacked as pixel_values."""
+    @property
+    def image_transform(self) -> PixelTransform:
+        """The model's own transform of one image, as ``pixel_values`` (runs in loader workers)."""
         if self._transform is None:
             self._transform = timm_transform(self.model)
-        pixels = torch.stack([self._transform(image) for image in images])
+        return PixelTransform(self._transform)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Batch:
+        """The model's own transform applied to each image, stacked as pixel_values."""
+        transform = self.image_transform
         device, dtype = parameter_device_dtype(self.model)
-        return {"pixel_values": pixels.to(device=device, dtype=dtype)}
+        return move_batch(collate_samples([transform(image) for image in images]), device, dtype)
 
     # ------------------------------------------------------------------------- readout
 

@@ -1,0 +1,261 @@
+"""The input pipeline: worker preprocessing changes no pixel, extraction resumes block by block."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from _tiny_models import (
+    perturb_norms,
+    save_hf_siglip,
+    save_open_clip_config,
+    save_sentencepiece_tokenizer,
+    spread_weights,
+    tiny_timm_kwargs,
+    tiny_timm_vit,
+)
+from PIL import Image
+from safetensors.torch import save_file
+
+from siglip_dola.data import ImageSet, bundled_model_dir, load_dataset, load_image_folder
+from siglip_dola.embeddings import BLOCK_IMAGES, extract_layer_embeddings
+from siglip_dola.models import load_model
+from siglip_dola.readout.base import collate_samples
+from siglip_dola.settings import RunSettings
+
+ARCH_SIGLIP = "vit_base_patch16_siglip_224"
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> Path:
+    """JPEG and PNG files of mixed sizes and modes (RGB, L, RGBA, P, 16-bit, CMYK) in two
+    class folders, plus one corrupt file."""
+    root = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(0)
+    sizes = [(40, 30), (64, 64), (23, 51), (120, 80), (33, 33), (70, 41)]
+    for i in range(18):
+        w, h = sizes[i % len(sizes)]
+        rgb = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        mode = ("RGB", "L", "RGBA", "P", "I;16", "CMYK")[i % 6]
+        if mode == "I;16":
+            image = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))
+        else:
+            image = rgb.convert(mode)
+        suffix = ".jpg" if mode in ("RGB", "L", "CMYK") else ".png"
+        folder = root / ("cat" if i % 2 else "dog")
+        folder.mkdir(exist_ok=True)
+        image.save(folder / f"{i:02d}{suffix}")
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The HF (SigLIP and SigLIP2), timm and open_clip adapters on tiny random models."""
+    out = {}
+    for version in (1, 2):
+        folder = save_hf_siglip(tmp_path_factory.mktemp(f"hf{version}"), version=version)
+        out[f"hf-v{version}"] = load_model(f"hf:{folder}")
+    vit = tiny_timm_vit(ARCH_SIGLIP)
+    weights = tmp_path_factory.mktemp("timm") / "tiny.safetensors"
+    save_file(vit.state_dict(), str(weights))
+    out["timm"] = load_model(f"timm:{ARCH_SIGLIP}:{weights}", model_kwargs=tiny_timm_kwargs())
+    tokenizer = save_sentencepiece_tokenizer(tmp_path_factory.mktemp("oc_tok"))
+    config = save_open_clip_config(tmp_path_factory.mktemp("oc"), tokenizer)
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    clip = open_clip.create_model(config.stem).eval()
+    spread_weights(clip.visual)
+    perturb_norms(clip)
+    clip_weights = config.parent / "weights.safetensors"
+    save_file(clip.state_dict(), str(clip_weights))
+    out["open_clip"] = load_model(f"open_clip:{config}:{clip_weights}")
+    return out
+
+
+@pytest.mark.parametrize("family", ["hf-v1", "hf-v2", "timm", "open_clip"])
+def test_workers_give_the_same_embeddings(models, mixed_folder, family):
+    vision = models[family].vision
+    images = load_image_folder(mixed_folder)
+    settings = RunSettings(batch_size=4, progress=False)
+    inline = extract_layer_embeddings(vision, images, (1, 2), settings)
+    workers = extract_layer_embeddings(vision, images, (1, 2), settings.replace(workers=2))
+    assert inline.embeddings.shape[1] == 18 and len(inline.skipped) == 1
+    assert np.array_equal(inline.embeddings, workers.embeddings)
+    assert np.array_equal(inline.indices, workers.indices)
+    assert [s.source for s in inline.skipped] == [s.source for s in workers.skipped]
+
+
+@pytest.mark.parametrize("family", ["hf-v1", "hf-v2", "timm", "open_clip"])
+def test_per_image_transform_equals_the_batch_preprocessing(models, mixed_folder, family):
+    vision = models[family].vision
+    images = [load_image_folder(mixed_folder).image(i) for i in range(0, 18, 2)]
+    batch = vision.preprocess(images)
+    stacked = collate_samples([vision.image_transform(image) for image in images])
+    assert batch.keys() == stacked.keys()
+    for key in batch:
+        assert torch.equal(batch[key], stacked[key]), key
+    processor = getattr(vision, "image_processor", None)
+    if processor is not None:  # the library's own batch processing: the same pixels
+        own = processor(images=images, return_tensors="pt")
+        for key in batch:
+            assert torch.equal(batch[key], own[key]), key
+
+
+# ----------------------------------------------------------------------------- resumption
+
+
+class _Interrupting:
+    """A readout that counts the images it reads and raises KeyboardInterrupt at a batch."""
+
+    def __init__(self, vision, stop_at: int | None = None) -> None:
+        self.vision = vision
+        self.stop_at = stop_at
+        self.batches = self.images = 0
+
+    def __getattr__(self, name):
+        return getattr(self.vision, name)
+
+    def forward_layers(self, batch, layers):
+        self.batches += 1
+        if self.batches == self.stop_at:
+            raise KeyboardInterrupt
+        self.images += batch["pixel_values"].shape[0]
+        return self.vision.forward_layers(batch, layers)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model(f"hf:{bundled_model_dir()}")
+
+
+def test_an_interrupted_extraction_resumes_where_it_stopped(bundled, tmp_path):
+    data = load_dataset("bundled:fashion-mnist")
+    settings = RunSettings(batch_size=128, cache_dir=tmp_path, progress=False)
+    reference = extract_layer_embeddings(
+        bundled.vision, data, (12, 20), settings.replace(cache_dir=None)
+    )
+    stopped = _Interrupting(bundled.vision, stop_at=10)  # blocks 0 and 1 finished (8 batches)
+    with pytest.raises(KeyboardInterrupt):
+        extract_layer_embeddings(stopped, data, (12, 20), settings)
+    blocks = sorted(p.name for p in tmp_path.glob("embeddings/*/blocks/block-*"))
+    assert blocks == ["block-000000", "block-000001"]
+    again = _Interrupting(bundled.vision)
+    resumed = extract_layer_embeddings(again, data, (12, 20), settings)
+    assert again.images == len(data) - 2 * BLOCK_IMAGES
+    assert np.array_equal(resumed.embeddings, reference.embeddings)
+    assert np.array_equal(resumed.indices, reference.indices)
+    # joined into one file; a third run reads it and computes nothing
+    assert not list(tmp_path.glob("embeddings/*/blocks/block-*"))
+    third = _Interrupting(bundled.vision)
+    extract_layer_embeddings(third, data, (12, 20), settings)
+    assert third.images == 0
+
+
+def test_a_block_cache_with_skips_round_trips(bundled, mixed_folder, tmp_path):
+    images = load_image_folder(mixed_folder)
+    settings = RunSettings(batch_size=5, cache_dir=tmp_path, progress=False)
+    first = extract_layer_embeddings(bundled.vision, images, (3,), settings)
+    second = extract_layer_embeddings(bundled.vision, images, (3,), settings)
+    assert np.array_equal(np.asarray(first.embeddings), np.asarray(second.embeddings))
+    assert first.skipped == second.skipped and len(first.skipped) == 1
+    assert np.array_equal(first.labels, second.labels)
+
+
+def test_every_image_unusable_is_an_error(bundled, tmp_path):
+    (tmp_path / "a.png").write_bytes(b"no")
+    files = ImageSet("x", ("a",), [tmp_path / "a.png"], np.zeros(1, dtype=np.int64))
+    with pytest.raises(ValueError, match="no usable image in x: all 1 were skipped"):
+        extract_layer_embeddings(bundled.vision, files, (), RunSettings(progress=False))
+
+
+# ----------------------------------------------------------------------------- the command line
+
+SIGNAL_AT_BATCH = textwrap.dedent(
+    """
+    # Runs the real command line, sending itself a real signal at a chosen point.
+    import os, signal, sys
+    from pathlib import Path
+    from siglip_dola import embeddings
+    from siglip_dola.cli import main
+    from siglip_dola.readout import hf
+
+    log, point, number, sig = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    counts = {"forward": 0, "rename": 0}
+    forward, rename = hf.HFSiglipReadout.forward_layers, Path.rename
+
+    def counted_forward(self, batch, layers):
+        counts["forward"] += 1
+        if point == "forward" and counts["forward"] == number:
+            os.kill(os.getpid(), getattr(signal, sig))
+        with open(log, "a") as f:
+            f.write(f"{batch['pixel_values'].shape[0]}\\n")
+        return forward(self, batch, layers)
+
+    def counted_rename(self, target):
+        counts["rename"] += 1
+        if point == "rename" and counts["rename"] == number:
+            os.kill(os.getpid(), getattr(signal, sig))
+        return rename(self, target)
+
+    hf.HFSiglipReadout.forward_layers = counted_forward
+    Path.rename = counted_rename
+    sys.exit(main(sys.argv[5:]))
+    """
+)
+
+
+def _eval(tmp_path: Path, name: str, point: str, number: int, sig: str, cache: bool = True):
+    log = tmp_path / f"{name}.log"
+    argv = [
+        "eval", "--quiet", "--batch-size", "128", "--static-layers", "12,20",
+        "--output", str(tmp_path / f"{name}.json"),
+    ]  # fmt: skip
+    argv += ["--cache-dir", str(tmp_path / "cache")] if cache else ["--no-cache"]
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AT_BATCH, str(log), point, str(number), sig, *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    images = sum(int(x) for x in log.read_text().split()) if log.exists() else 0
+    return result, images
+
+
+def _variants(path: Path) -> list:
+    return json.loads(path.read_text())["dola"]["variants"]
+
+
+def test_sigint_then_rerun_processes_only_the_rest(tmp_path):
+    full, _ = _eval(tmp_path, "full", "never", 0, "SIGINT", cache=False)
+    assert full.returncode == 0, full.stderr[-2000:]
+    stopped, _ = _eval(tmp_path, "stopped", "forward", 10, "SIGINT")
+    assert stopped.returncode == 130 and "interrupted" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and not (tmp_path / "stopped.json").exists()
+    rerun, images = _eval(tmp_path, "rerun", "never", 0, "SIGINT")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert images == 2000 - 2 * BLOCK_IMAGES  # blocks 0 and 1 came from the cache
+    assert _variants(tmp_path / "rerun.json") == _variants(tmp_path / "full.json")
+
+
+def test_sigkill_while_writing_a_block_leaves_nothing_a_rerun_trusts(tmp_path):
+    # rename 1: block 0 in place; rename 2: block 1 written in full, killed before its rename
+    killed, _ = _eval(tmp_path, "killed", "rename", 2, "SIGKILL")
+    assert killed.returncode == -9
+    cache = tmp_path / "cache" / "embeddings"
+    assert [p.name for p in cache.glob("*/blocks/block-*")] == ["block-000000"]
+    assert list(cache.glob("*/blocks/.block-000001.*"))  # the unfinished write is still there
+    rerun, images = _eval(tmp_path, "rerun", "never", 0, "SIGKILL")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert images == 2000 - BLOCK_IMAGES
+    full, _ = _eval(tmp_path, "full", "never", 0, "SIGKILL", cache=False)
+    assert _variants(tmp_path / "rerun.json") == _variants(tmp_path / "full.json")
