@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -33,15 +34,25 @@ from siglip_dola.data import ImageError, ImageSet, Skipped
 from siglip_dola.distributed import shard_positions
 from siglip_dola.layers import validate_candidates
 from siglip_dola.readout._common import move_batch
-from siglip_dola.readout.base import Batch, ImageTransform, VisionReadout, collate_samples
+from siglip_dola.readout.base import (
+    Batch,
+    ImageTransform,
+    Sample,
+    VisionReadout,
+    collate_samples,
+)
 from siglip_dola.settings import RunSettings
 
 __all__ = [
     "BLOCK_IMAGES",
     "LayerEmbeddingSet",
+    "LoadedBatch",
+    "SourceBlock",
+    "StreamingSource",
     "as_tensor",
     "concat_embedding_sets",
     "extract_layer_embeddings",
+    "load_and_transform",
 ]
 
 BLOCK_IMAGES = 512  # images per cache block: the unit of resumption and of data parallelism
@@ -117,9 +128,12 @@ def _cache_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _write_part(path: Path, parts: Sequence[LayerEmbeddingSet]) -> None:
+def _write_part(
+    path: Path, parts: Sequence[LayerEmbeddingSet], numbers: Sequence[int] | None = None
+) -> None:
     """Parts joined (in order) as ``embeddings.npy`` + ``meta.json`` in a temp folder renamed
-    to ``path``; the array is filled part by part through a memory map (bounded memory)."""
+    to ``path``; the array is filled part by part through a memory map (bounded memory).
+    ``numbers``: the parts' block numbers, recorded with the rows each part holds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
@@ -140,6 +154,9 @@ def _write_part(path: Path, parts: Sequence[LayerEmbeddingSet]) -> None:
             "indices": [int(x) for p in parts for x in p.indices],
             "skipped": [s.__dict__ for p in parts for s in p.skipped],
         }
+        if numbers is not None:
+            rows = np.cumsum([0] + [len(p.indices) for p in parts]).tolist()
+            meta["block_rows"] = {str(n): rows[i : i + 2] for i, n in enumerate(numbers)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if path.exists():
             shutil.rmtree(path)
@@ -174,15 +191,22 @@ class _Store:
     def whole(self) -> LayerEmbeddingSet | None:
         return _read_part(self.folder / "all")
 
+    def whole_block_rows(self) -> dict[int, tuple[int, int]]:
+        """Rows [start, stop) of each block in the whole set."""
+        meta = json.loads((self.folder / "all" / "meta.json").read_text())
+        return {int(n): (lo, hi) for n, (lo, hi) in meta["block_rows"].items()}
+
     def block(self, number: int) -> LayerEmbeddingSet | None:
         return _read_part(self._block_path(number))
 
     def write_block(self, number: int, part: LayerEmbeddingSet) -> None:
         _write_part(self._block_path(number), [part])
 
-    def write_whole(self, parts: Sequence[LayerEmbeddingSet]) -> LayerEmbeddingSet:
+    def write_whole(
+        self, parts: Sequence[LayerEmbeddingSet], numbers: Sequence[int]
+    ) -> LayerEmbeddingSet:
         """Join the blocks into one memory-mapped file and drop the blocks."""
-        _write_part(self.folder / "all", parts)
+        _write_part(self.folder / "all", parts, numbers)
         shutil.rmtree(self.folder / "blocks", ignore_errors=True)
         return self.whole()
 
@@ -194,29 +218,73 @@ class _Store:
 
 
 @dataclass
-class _Loaded:
-    """One batch prepared by a loader worker: the model inputs of the images that could be
-    used, their positions, and the reasons for the others."""
+class LoadedBatch:
+    """One batch as a loader worker prepared it: the model inputs of the images that could be
+    used (stacked), their positions in the source and labels, the images skipped and why, and
+    whether it is the last batch of its cache block."""
 
     block: int
     positions: list[int]
+    labels: list[int]
     batch: Batch | None
-    errors: list[tuple[int, str]]
+    skipped: list[Skipped]
+    last: bool
 
-    def pin_memory(self) -> _Loaded:
+    def pin_memory(self) -> LoadedBatch:
         if self.batch is not None:
             self.batch = {k: v.pin_memory() for k, v in self.batch.items()}
         return self
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Item i: batch i of the plan, decoded and transformed (in a worker process)."""
+@dataclass(frozen=True)
+class SourceBlock:
+    """A cache block of a source: its number and, where known before reading, its size."""
+
+    number: int
+    size: int | None
+
+
+@runtime_checkable
+class StreamingSource(Protocol):
+    """An image source read block by block in data order instead of by random access (for
+    example webdataset shards, one block each). ``block_batches`` gives a dataset (map-style
+    or iterable) whose items are :class:`LoadedBatch` es of the named blocks, each block's
+    batches in order and its last one flagged; with several loader workers, batches of
+    different blocks may interleave."""
+
+    name: str
+    class_names: tuple[str, ...]
+    skipped: list[Skipped]
+
+    def fingerprint(self) -> str: ...
+
+    def cache_blocks(self) -> list[SourceBlock]: ...
+
+    def block_batches(
+        self, blocks: Sequence[int], batch_size: int, transform: ImageTransform
+    ) -> torch.utils.data.Dataset: ...
+
+
+def load_and_transform(
+    load: Any, transform: ImageTransform, source: str
+) -> tuple[Sample | None, Skipped | None]:
+    """``transform(load())``, or the reason the image cannot be used (a counted skip)."""
+    try:
+        return transform(load()), None
+    except ImageError as exc:
+        return None, Skipped(source, str(exc))
+    except Exception as exc:  # the model's processor refused this image
+        return None, Skipped(source, f"preprocessing failed ({type(exc).__name__}: {exc})")
+
+
+class _ImageSetBatches(torch.utils.data.Dataset):
+    """Item i: batch i of the plan over an ImageSet, decoded and transformed (in a worker)."""
 
     def __init__(
         self,
         image_set: ImageSet,
         transform: ImageTransform,
-        plan: Sequence[tuple[int, Sequence[int]]],
+        plan: Sequence[tuple[int, Sequence[int], bool]],
     ) -> None:
         self.image_set = image_set
         self.transform = transform
@@ -225,45 +293,62 @@ class _Batches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, index: int) -> _Loaded:
-        block, positions = self.plan[index]
-        samples, kept, errors = [], [], []
+    def __getitem__(self, index: int) -> LoadedBatch:
+        block, positions, last = self.plan[index]
+        samples, kept, skipped = [], [], []
         for position in positions:
-            try:
-                samples.append(self.transform(self.image_set.image(position)))
-            except ImageError as exc:
-                errors.append((position, str(exc)))
-                continue
-            except Exception as exc:  # the model's processor refused this image
-                errors.append((position, f"preprocessing failed ({type(exc).__name__}: {exc})"))
-                continue
-            kept.append(position)
-        return _Loaded(block, kept, collate_samples(samples) if samples else None, errors)
+            sample, skip = load_and_transform(
+                lambda: self.image_set.image(position),  # noqa: B023 - called at once
+                self.transform,
+                self.image_set.source(position),
+            )
+            if skip is not None:
+                skipped.append(skip)
+            else:
+                samples.append(sample)
+                kept.append(position)
+        labels = self.image_set.labels[kept].tolist()
+        batch = collate_samples(samples) if samples else None
+        return LoadedBatch(block, kept, labels, batch, skipped, last)
 
 
-def _unbatched(item: _Loaded) -> _Loaded:
+def _image_set_blocks(image_set: ImageSet) -> list[SourceBlock]:
+    count = len(image_set)
+    return [
+        SourceBlock(number, min(BLOCK_IMAGES, count - start))
+        for number, start in enumerate(range(0, count, BLOCK_IMAGES))
+    ]
+
+
+def _batches(
+    source: ImageSet | StreamingSource,
+    blocks: Sequence[int],
+    batch_size: int,
+    transform: ImageTransform,
+) -> torch.utils.data.Dataset:
+    """The loader's dataset over ``blocks``: the source's own for a streaming source, else
+    batches of positions that never straddle a block."""
+    if isinstance(source, StreamingSource):
+        return source.block_batches(blocks, batch_size, transform)
+    count = len(source)
+    plan = []
+    for number in blocks:
+        positions = range(number * BLOCK_IMAGES, min((number + 1) * BLOCK_IMAGES, count))
+        starts = range(0, len(positions), batch_size)
+        for start in starts:
+            plan.append((number, positions[start : start + batch_size], start == starts[-1]))
+    return _ImageSetBatches(source, transform, plan)
+
+
+def _unbatched(item: LoadedBatch) -> LoadedBatch:
     return item
 
 
-def _batch_plan(
-    blocks: Sequence[tuple[int, range]], batch_size: int
-) -> list[tuple[int, Sequence[int]]]:
-    """Batches of positions that never straddle a block: (block number, positions)."""
-    plan = []
-    for number, positions in blocks:
-        for start in range(0, len(positions), batch_size):
-            plan.append((number, positions[start : start + batch_size]))
-    return plan
-
-
 def _loader(
-    image_set: ImageSet,
-    transform: ImageTransform,
-    plan: Sequence[tuple[int, Sequence[int]]],
-    settings: RunSettings,
+    dataset: torch.utils.data.Dataset, settings: RunSettings
 ) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        _Batches(image_set, transform, plan),
+        dataset,
         batch_size=None,
         num_workers=settings.workers,
         collate_fn=_unbatched,
@@ -274,31 +359,55 @@ def _loader(
 # ----------------------------------------------------------------------------- extraction
 
 
+@dataclass
+class _BlockParts:
+    """What the batches of one block produced so far."""
+
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def join(self, layers: tuple[int, ...], dim: int) -> LayerEmbeddingSet:
+        embeddings = (
+            np.concatenate(self.embeddings, axis=1)
+            if self.embeddings
+            else np.zeros((len(layers), 0, dim), np.float32)
+        )
+        return LayerEmbeddingSet(
+            layers,
+            embeddings,
+            np.asarray(self.labels, dtype=np.int64),
+            np.asarray(self.positions, dtype=np.int64),
+            self.skipped,
+        )
+
+
 @torch.no_grad()
 def extract_layer_embeddings(
     vision: VisionReadout,
-    image_set: ImageSet,
+    image_set: ImageSet | StreamingSource,
     layers: Iterable[int],
     settings: RunSettings | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> LayerEmbeddingSet:
     """Read ``layers`` (plus N) out for every image: one backbone forward per batch.
 
-    Unusable images are skipped and listed. With ``settings.cache_dir`` finished blocks are
-    cached and reused (see the module docstring). ``shard = (rank, world)`` processes one
-    contiguous range of blocks (data-parallel runs); the parts of all ranks, in rank order,
-    are the whole set in data order.
+    ``image_set`` is an :class:`~siglip_dola.data.ImageSet` (random access) or a
+    :class:`StreamingSource`. Unusable images are skipped and listed. With
+    ``settings.cache_dir`` finished blocks are cached and reused (see the module docstring).
+    ``shard = (rank, world)`` processes one contiguous range of blocks (data-parallel runs);
+    the parts of all ranks, in rank order, are the whole set in data order.
     """
     settings = RunSettings.coerce(settings)
     requested = tuple(layers)
     contrast_layers = set(validate_candidates(requested, vision.depth)) if requested else set()
     wanted = tuple(sorted(contrast_layers | {vision.depth}))
     dtype = settings.torch_dtype
-    count = len(image_set)
-    all_blocks = [
-        (number, range(start, min(start + BLOCK_IMAGES, count)))
-        for number, start in enumerate(range(0, count, BLOCK_IMAGES))
-    ]
+    if isinstance(image_set, StreamingSource):
+        all_blocks = image_set.cache_blocks()
+    else:
+        all_blocks = _image_set_blocks(image_set)
     mine = [all_blocks[i] for i in shard_positions(len(all_blocks), shard)]
     listing = list(image_set.skipped) if shard[0] == 0 else []  # listing problems: report once
     store = None
@@ -307,16 +416,17 @@ def extract_layer_embeddings(
         store = _Store(settings.cache_dir / "embeddings" / key)
         whole = store.whole()
         if whole is not None:
-            return _rows_of_blocks(whole, mine, shard, listing)
+            return _rows_of_blocks(whole, store.whole_block_rows(), mine, shard, listing)
     parts: dict[int, LayerEmbeddingSet] = {}
     if store is not None:
-        for number, _ in mine:
-            cached = store.block(number)
+        for block in mine:
+            cached = store.block(block.number)
             if cached is not None:
-                parts[number] = cached
-    todo = [(number, positions) for number, positions in mine if number not in parts]
-    total = sum(len(p) for _, p in mine)
-    from_cache = total - sum(len(p) for _, p in todo)
+                parts[block.number] = cached
+    todo = [block.number for block in mine if block.number not in parts]
+    sizes = [block.size for block in mine]
+    total = None if None in sizes else sum(sizes)
+    from_cache = sum(len(p.indices) + len(p.skipped) for p in parts.values())
     bar = tqdm(total=total, desc="images", unit="img", disable=not settings.progress)
     bar.update(from_cache)
     postfix = {"cached": from_cache} if from_cache else {}
@@ -325,32 +435,33 @@ def extract_layer_embeddings(
     skipped_count = sum(len(p.skipped) for p in parts.values())
     if todo:
         device = torch.device(settings.device)
-        plan = _batch_plan(todo, settings.batch_size)
-        last_batch = {number: i for i, (number, _) in enumerate(plan)}
-        pending: list[tuple[np.ndarray, list[int]]] = []
-        pending_skips: list[Skipped] = []
-        for i, loaded in enumerate(_loader(image_set, vision.image_transform, plan, settings)):
-            for position, reason in loaded.errors:
-                pending_skips.append(Skipped(image_set.source(position), reason))
+        dataset = _batches(image_set, todo, settings.batch_size, vision.image_transform)
+        pending: dict[int, _BlockParts] = {}
+        for loaded in _loader(dataset, settings):
+            block = pending.setdefault(loaded.block, _BlockParts())
+            block.skipped.extend(loaded.skipped)
             if loaded.batch is not None:
                 batch = move_batch(loaded.batch, device, dtype, non_blocking=True)
                 out = vision.forward_layers(batch, wanted)
-                pending.append((out.embeddings.float().cpu().numpy(), loaded.positions))
-            if last_batch[loaded.block] == i:
-                part = _block_part(wanted, vision.embed_dim, image_set, pending, pending_skips)
+                block.embeddings.append(out.embeddings.float().cpu().numpy())
+                block.positions.extend(loaded.positions)
+                block.labels.extend(loaded.labels)
+            if loaded.last:
+                part = pending.pop(loaded.block).join(wanted, vision.embed_dim)
                 if store is not None:
                     store.write_block(loaded.block, part)
                 parts[loaded.block] = part
-                pending, pending_skips = [], []
-            skipped_count += len(loaded.errors)
-            bar.update(len(loaded.positions) + len(loaded.errors))
+            skipped_count += len(loaded.skipped)
+            bar.update(len(loaded.positions) + len(loaded.skipped))
             bar.set_postfix(**postfix, skipped=skipped_count)
+        if pending:
+            raise RuntimeError(f"the loader ended inside cache block(s) {sorted(pending)}")
     bar.close()
-    ordered = [parts[number] for number, _ in mine] or [
-        _block_part(wanted, vision.embed_dim, image_set, [], [])
+    ordered = [parts[block.number] for block in mine] or [
+        _BlockParts().join(wanted, vision.embed_dim)
     ]
-    if store is not None and shard == (0, 1) and ordered and len(ordered) == len(all_blocks):
-        result = store.write_whole(ordered)
+    if store is not None and shard == (0, 1) and len(ordered) == len(all_blocks):
+        result = store.write_whole(ordered, [block.number for block in mine])
     else:
         result = concat_embedding_sets(ordered)
     result = LayerEmbeddingSet(
@@ -358,45 +469,28 @@ def extract_layer_embeddings(
     )
     if not len(result.labels) and shard == (0, 1):
         raise ValueError(
-            f"no usable image in {image_set.name}: all {count} were skipped "
-            f"(first reason: {result.skipped[0].reason if result.skipped else 'empty data set'})"
+            f"no usable image in {image_set.name}: all {total if total is not None else ''} "
+            f"were skipped (first reason: "
+            f"{result.skipped[0].reason if result.skipped else 'empty data set'})"
         )
     if not np.isfinite(np.asarray(result.embeddings)).all():
         raise ValueError(f"model {vision.name} produced NaN/inf image embeddings")
     return result
 
 
-def _block_part(
-    layers: tuple[int, ...],
-    dim: int,
-    image_set: ImageSet,
-    pending: Sequence[tuple[np.ndarray, list[int]]],
-    skipped: list[Skipped],
-) -> LayerEmbeddingSet:
-    positions = np.asarray([p for _, ps in pending for p in ps], dtype=np.int64)
-    embeddings = (
-        np.concatenate([e for e, _ in pending], axis=1)
-        if pending
-        else np.zeros((len(layers), 0, dim), np.float32)
-    )
-    return LayerEmbeddingSet(layers, embeddings, image_set.labels[positions], positions, skipped)
-
-
 def _rows_of_blocks(
     whole: LayerEmbeddingSet,
-    blocks: Sequence[tuple[int, range]],
+    block_rows: dict[int, tuple[int, int]],
+    blocks: Sequence[SourceBlock],
     shard: tuple[int, int],
     listing: list[Skipped],
 ) -> LayerEmbeddingSet:
     """This shard's share of a cached whole set (all of it for a single process); the first
     rank reports every skipped image."""
-    if shard == (0, 1):
-        rows = np.arange(len(whole.indices))
-        part = whole
-    else:
-        lo = blocks[0][1].start if blocks else 0
-        hi = blocks[-1][1].stop if blocks else 0
-        rows = np.flatnonzero((whole.indices >= lo) & (whole.indices < hi))
-        part = whole.subset(rows)
+    part = whole
+    if shard != (0, 1):
+        spans = [block_rows[b.number] for b in blocks]
+        rows = np.concatenate([np.arange(lo, hi) for lo, hi in spans]) if spans else []
+        part = whole.subset(np.asarray(rows, dtype=np.int64))
     skipped = listing + (whole.skipped if shard[0] == 0 else [])
     return LayerEmbeddingSet(part.layers, part.embeddings, part.labels, part.indices, skipped)
