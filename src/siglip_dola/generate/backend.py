@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +19,16 @@ from typing import Any
 
 import torch
 
-from siglip_dola.generate.convert import (
+from siglip_dola.checkpoints import (
     DEEPSEEK_MODEL_TYPE,
-    DEEPSEEK_PAD_TAG,
+    HF_JANUS_MODEL_TYPE,
     MARKER_FILE,
+    check_hf_janus_files,
+    janus_format_of_config,
+    read_config,
+)
+from siglip_dola.generate.convert import (
+    DEEPSEEK_PAD_TAG,
     ConversionPlan,
     convert_checkpoint,
     known_token_id,
@@ -33,7 +38,6 @@ from siglip_dola.generate.sampling import IMAGE_START_TAG, SpecialTokens
 from siglip_dola.settings import default_cache_dir
 
 __all__ = [
-    "HF_MODEL_TYPE",
     "check_deepseek",
     "JanusBundle",
     "ModelSource",
@@ -43,7 +47,6 @@ __all__ = [
     "special_tokens",
 ]
 
-HF_MODEL_TYPE = "janus"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -85,42 +88,23 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 def _folder_kind(folder: Path) -> str:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    """``hf`` or ``deepseek`` from ``config.json`` (an HF folder's files are checked too)."""
+    if not (folder / "config.json").is_file():
         raise ValueError(
             f"{folder} is neither an HF-format Janus folder nor a DeepSeek-format one: "
             f"it has no config.json"
         )
-    try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, AttributeError, OSError) as exc:
-        raise ValueError(f"{config_path} is not a readable JSON object ({exc})") from None
-    if model_type == HF_MODEL_TYPE:
-        _check_hf_files(folder)
-        return "hf"
-    if model_type == DEEPSEEK_MODEL_TYPE:
-        return "deepseek"
-    raise ValueError(
-        f"{folder} is neither an HF-format Janus folder (model_type 'janus') nor a "
-        f"DeepSeek-format one (model_type 'multi_modality'): config.json says {model_type!r}"
-    )
-
-
-HF_WEIGHTS = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
-
-def _check_hf_files(folder: Path) -> None:
-    """An HF-format folder needs weights and a tokenizer (named before a long load fails)."""
-    if not any((folder / name).is_file() for name in HF_WEIGHTS):
-        raise ValueError(f"{folder} holds no weights (expected one of {', '.join(HF_WEIGHTS)})")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(f"{folder} holds no tokenizer (expected {' or '.join(TOKENIZER_FILES)})")
+    config = read_config(folder)
+    kind = janus_format_of_config(config)
+    if kind == "hf":
+        check_hf_janus_files(folder)
+    if kind is None:
+        raise ValueError(
+            f"{folder} is neither an HF-format Janus folder (model_type "
+            f"{HF_JANUS_MODEL_TYPE!r}) nor a DeepSeek-format one (model_type "
+            f"{DEEPSEEK_MODEL_TYPE!r}): config.json says {config.get('model_type')!r}"
+        )
+    return kind
 
 
 def default_conversion_dir(source: ModelSource) -> Path:
