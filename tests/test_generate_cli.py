@@ -102,19 +102,23 @@ def test_images_do_not_depend_on_batch_prompts(reference, prompts_file, tmp_path
 
 
 def test_shards_union_equals_single_run(reference, prompts_file, tmp_path, monkeypatch):
+    # Each shard takes one contiguous block of the five prompts.
     out = tmp_path / "out"
-    for shard in ("1/2", "0/2"):
+    done: list[int] = []
+    for shard, block in (("1/2", [3, 4]), ("0/2", [0, 1, 2])):
         assert main(generate_argv(prompts_file, out, None, *SETTINGS, "--shard", shard)) == 0
+        done = sorted(done + block)
+        assert [r["index"] for r in read_manifest(out)] == done
     assert output_files(out) == reference[1]
     # torchrun's environment variables split the same way
     out = tmp_path / "torchrun"
     monkeypatch.setenv("WORLD_SIZE", "3")
-    done: set[int] = set()
-    for rank in (2, 0, 1):
+    done = []
+    for rank, block in ((2, [4]), (0, [0, 1]), (1, [2, 3])):
         monkeypatch.setenv("RANK", str(rank))
         assert main(generate_argv(prompts_file, out, None, *SETTINGS)) == 0
-        done |= {i for i in range(len(PROMPTS)) if i % 3 == rank}
-        assert [r["index"] for r in read_manifest(out)] == sorted(done)
+        done = sorted(done + block)
+        assert [r["index"] for r in read_manifest(out)] == done
     assert output_files(out) == reference[1]
 
 
