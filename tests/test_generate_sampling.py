@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from _deepseek_reference import reference_image_tokens
 from _tiny_janus import SENTENCES, build_tiny_janus, special_ids
 
-from siglip_dola.generate.reference import reference_image_tokens
 from siglip_dola.generate.sampling import (
     ImageRow,
     SamplingConfig,
     SpecialTokens,
+    _kv_cache,
     candidate_seed,
     decode_images,
     encode_prompt,
@@ -133,6 +136,21 @@ def test_decode_loop_equals_transformers_generate_greedy(janus):
     ours = generate_image_tokens(model, [ImageRow(p, 0) for p in prompts], GREEDY, special)
     assert torch.equal(ours, expected)
     assert len({tuple(r) for r in ours.tolist()}) == len(prompts)  # prompts matter
+
+
+def test_decode_loop_uses_the_supported_cache_api(janus):
+    """No deprecated argument (transformers 5.x: past_key_values -> cache)."""
+    model, special, prompts = janus
+    rows = [ImageRow(prompts[0], 1), ImageRow(prompts[1], 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        tokens = generate_image_tokens(model, rows, SamplingConfig(), special)
+    assert tokens.shape == (2, 16)
+    import transformers.cache_utils
+
+    if hasattr(transformers.cache_utils, "DynamicLayer"):  # the layered cache API (4.56+)
+        assert _kv_cache(model, 8) is not None  # our preallocated cache, not a fallback
 
 
 def test_decode_loop_equals_deepseek_reference_loop_greedy(janus):
