@@ -179,6 +179,19 @@ def test_interrupted_run_leaves_only_whole_files_and_resumes(
     assert output_files(out) == reference[1]
 
 
+def test_prompt_whitespace_is_stripped_for_the_model_but_kept_in_the_manifest(reference, tmp_path):
+    # DeepSeek strips each message: "  <p> \n" makes the same images as "<p>".
+    padded = [f"  {PROMPTS[0]} \n", f"\t{PROMPTS[1]}"]
+    prompts = write_prompts(tmp_path / "p.json", padded)
+    out = tmp_path / "out"
+    assert main(generate_argv(prompts, out, None, *SETTINGS)) == 0
+    files = output_files(out)
+    for name in ("prompt_0000/img_00.jpg", "prompt_0000/img_01.jpg", "prompt_0001/img_00.jpg"):
+        assert files[name] == reference[1][name]
+    assert [r["prompt"] for r in read_manifest(out)] == padded
+    assert (out / "prompt_0000" / "prompt.txt").read_text(encoding="utf-8") == padded[0] + "\n"
+
+
 def test_ctrl_c_on_a_real_process(tmp_path):
     """SIGINT to a running `python -m siglip_dola generate`: exit 130, whole files only."""
     prompts = write_prompts(tmp_path / "p.json", [f"{SENTENCES[0]} number {i}" for i in range(60)])

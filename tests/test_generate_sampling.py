@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _deepseek_reference import reference_image_tokens
-from _tiny_janus import SENTENCES, build_tiny_janus, special_ids
+from _tiny_janus import SENTENCES, build_tiny_janus, build_tokenizer, special_ids
 
 from siglip_dola.generate.sampling import (
     ImageRow,
@@ -56,6 +56,18 @@ def hf_generate(model, ids: torch.Tensor, mask: torch.Tensor, cfg: float = 5.0) 
 
 def test_prompt_format_is_deepseeks():
     assert format_prompt("a cat") == "<|User|>: a cat\n\n<|Assistant|>:<begin_of_image>"
+
+
+def test_prompt_is_stripped_as_deepseek_does(janus):
+    # DeepSeek's apply_sft_template_for_multi_turn_prompts strips each message.
+    assert format_prompt("  A dog. \n") == format_prompt("A dog.")
+    assert format_prompt("\tA dog.\u3000") == "<|User|>: A dog.\n\n<|Assistant|>:<begin_of_image>"
+    assert format_prompt("a\n\nb") == "<|User|>: a\n\nb\n\n<|Assistant|>:<begin_of_image>"
+    model, special, _ = janus
+    tokenizer = build_tokenizer()
+    assert encode_prompt(tokenizer, f"  {SENTENCES[0]} \n", special) == encode_prompt(
+        tokenizer, SENTENCES[0], special
+    )
 
 
 def test_encoded_prompt_starts_with_bos_and_ends_with_image_start(janus):

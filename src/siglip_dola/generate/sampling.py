@@ -87,8 +87,12 @@ class ImageRow:
 
 
 def format_prompt(prompt: str) -> str:
-    """DeepSeek's text-to-image prompt (SFT format, empty system prompt) + image start tag."""
-    return f"{USER_TAG}: {prompt}\n\n{ASSISTANT_TAG}:{IMAGE_START_TAG}"
+    """DeepSeek's text-to-image prompt (SFT format, empty system prompt) + image start tag.
+
+    DeepSeek's template strips each message (``apply_sft_template_for_multi_turn_prompts``),
+    so ``"  A dog. \\n"`` gives the same prompt, hence the same image, as ``"A dog."``.
+    """
+    return f"{USER_TAG}: {prompt.strip()}\n\n{ASSISTANT_TAG}:{IMAGE_START_TAG}"
 
 
 def encode_prompt(tokenizer, prompt: str, special: SpecialTokens) -> tuple[int, ...]:
