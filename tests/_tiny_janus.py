@@ -42,12 +42,13 @@ GRID = 4  # image tokens per side: 16 tokens, 64x64 images
 CODEBOOK = 64
 
 
-def build_tokenizer():
-    """A byte-level BPE tokenizer with Janus's special tokens, as a PreTrainedTokenizerFast."""
+def build_tokenizer(extra_specials: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer with Janus's special tokens, as a PreTrainedTokenizerFast
+    (``extra_specials``: more special tokens in the vocabulary, e.g. DeepSeek's pad tag)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = list(SPECIALS.values()) + ROLE_TOKENS
+    specials = list(SPECIALS.values()) + ROLE_TOKENS + list(extra_specials)
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -127,11 +128,12 @@ def build_tiny_janus(
     grid: int = GRID,
     text_layers: int = 2,
     vision_layers: int = 1,
+    extra_specials: tuple[str, ...] = (),
 ):
     """(model, tokenizer): a random-init JanusForConditionalGeneration in eval mode."""
     from transformers import JanusForConditionalGeneration
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(extra_specials)
     torch.manual_seed(seed)
     config = tiny_config(tokenizer, grid, text_layers, vision_layers)
     model = JanusForConditionalGeneration(config).eval()

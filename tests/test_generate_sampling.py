@@ -10,6 +10,8 @@ import torch
 from _deepseek_reference import reference_image_tokens
 from _tiny_janus import SENTENCES, build_tiny_janus, build_tokenizer, special_ids
 
+from siglip_dola.generate.backend import special_tokens
+from siglip_dola.generate.convert import DEEPSEEK_PAD_TAG, cfg_pad_token_id
 from siglip_dola.generate.sampling import (
     ImageRow,
     SamplingConfig,
@@ -75,6 +77,37 @@ def test_encoded_prompt_starts_with_bos_and_ends_with_image_start(janus):
     for ids in prompts:
         assert ids[0] == special.bos and ids[-1] == special.boi
         assert special.boi not in ids[:-1]
+
+
+def test_cfg_pad_token_is_deepseeks_where_the_vocabulary_has_it():
+    plain = build_tokenizer()
+    tagged = build_tokenizer((DEEPSEEK_PAD_TAG,))
+    tag = tagged.convert_tokens_to_ids(DEEPSEEK_PAD_TAG)
+    assert tag != tagged.pad_token_id
+    assert cfg_pad_token_id(tagged) == tag  # DeepSeek pads with its tag, whatever pad_token says
+    assert cfg_pad_token_id(plain) == plain.pad_token_id
+    plain.pad_token = None
+    assert cfg_pad_token_id(plain) is None
+
+    class Generation:
+        pad_token_id = 7
+
+    assert cfg_pad_token_id(plain, Generation()) == 7
+
+
+def test_cfg_rows_padded_with_deepseeks_pad_token_equal_deepseeks_loop():
+    model, tokenizer = build_tiny_janus(seed=4, extra_specials=(DEEPSEEK_PAD_TAG,))
+    special = special_tokens(tokenizer, model.generation_config)
+    tag = tokenizer.convert_tokens_to_ids(DEEPSEEK_PAD_TAG)
+    assert special.pad == tag
+    ids = encode_prompt(tokenizer, SENTENCES[2], special)
+    ours = generate_image_tokens(model, [ImageRow(ids, 0)], GREEDY, special)
+    deepseek = reference_image_tokens(model, ids, tag, parallel_size=1, temperature=0)
+    assert torch.equal(ours, deepseek)
+    other_pad = reference_image_tokens(
+        model, ids, tokenizer.pad_token_id, parallel_size=1, temperature=0
+    )
+    assert not torch.equal(ours, other_pad)  # the pad token of the CFG rows matters
 
 
 def test_unconditional_row_keeps_only_bos_and_image_start():

@@ -28,8 +28,8 @@ from siglip_dola.checkpoints import (
     read_config,
 )
 from siglip_dola.generate.convert import (
-    DEEPSEEK_PAD_TAG,
     ConversionPlan,
+    cfg_pad_token_id,
     convert_checkpoint,
     known_token_id,
     plan_conversion,
@@ -160,7 +160,8 @@ def _hf_folder(
 
 
 def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
-    """BOS, pad and ``<begin_of_image>`` ids from the tokenizer (generation config as backup)."""
+    """BOS, pad and ``<begin_of_image>`` ids from the tokenizer (generation config as backup);
+    the pad id is DeepSeek's (:func:`cfg_pad_token_id`)."""
     gen = generation_config
     extra = dict(getattr(gen, "generation_kwargs", None) or {})
     bos = (
@@ -168,9 +169,7 @@ def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
         if tokenizer.bos_token_id is not None
         else getattr(gen, "bos_token_id", None)
     )
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = known_token_id(tokenizer, DEEPSEEK_PAD_TAG) or getattr(gen, "pad_token_id", None)
+    pad = cfg_pad_token_id(tokenizer, gen)
     boi = known_token_id(tokenizer, IMAGE_START_TAG) or extra.get("boi_token_id")
     missing = [n for n, v in (("BOS", bos), ("pad", pad), (IMAGE_START_TAG, boi)) if v is None]
     if missing:

@@ -78,6 +78,7 @@ from siglip_dola.generate.sampling import IMAGE_START_TAG
 __all__ = [
     "DEEPSEEK_PAD_TAG",
     "ConversionError",
+    "cfg_pad_token_id",
     "convert_checkpoint",
     "convert_tensors",
     "hf_config_from_deepseek",
@@ -85,7 +86,7 @@ __all__ = [
     "map_key",
 ]
 
-DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"  # DeepSeek's pad token when the tokenizer names no pad
+DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"  # what DeepSeek pads the unconditional CFG rows with
 IMAGE_PLACEHOLDER_TAG = "<image_placeholder>"
 
 
@@ -422,6 +423,20 @@ def known_token_id(tokenizer, text: str) -> int | None:
     return None if value is None or (unk is not None and value == unk) else int(value)
 
 
+def cfg_pad_token_id(tokenizer, generation_config: Any = None) -> int | None:
+    """The id the unconditional CFG rows are padded with: DeepSeek's ``<｜▁pad▁｜>`` where the
+    vocabulary has it (DeepSeek pads with that token whatever the tokenizer's pad token is),
+    else the tokenizer's pad token, else the generation config's; ``None`` if none has one."""
+    for value in (
+        known_token_id(tokenizer, DEEPSEEK_PAD_TAG),
+        tokenizer.pad_token_id,
+        getattr(generation_config, "pad_token_id", None),
+    ):
+        if value is not None:
+            return int(value)
+    return None
+
+
 def _tokenizer_ids(folder: Path) -> dict[str, int | None]:
     """Special-token ids from the checkpoint's tokenizer (for the generation config)."""
     from transformers import AutoTokenizer
@@ -430,11 +445,10 @@ def _tokenizer_ids(folder: Path) -> dict[str, int | None]:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"cannot read the tokenizer in {folder} ({exc})") from None
-    pad = tokenizer.pad_token_id
     return {
         "bos": tokenizer.bos_token_id,
         "eos": tokenizer.eos_token_id,
-        "pad": known_token_id(tokenizer, DEEPSEEK_PAD_TAG) if pad is None else pad,
+        "pad": cfg_pad_token_id(tokenizer),
         "boi": known_token_id(tokenizer, IMAGE_START_TAG),
         "image": known_token_id(tokenizer, IMAGE_PLACEHOLDER_TAG),
     }
