@@ -192,6 +192,33 @@ def test_prompt_whitespace_is_stripped_for_the_model_but_kept_in_the_manifest(re
     assert (out / "prompt_0000" / "prompt.txt").read_text(encoding="utf-8") == padded[0] + "\n"
 
 
+def _run_cli(argv: list[str]) -> subprocess.CompletedProcess:
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=src)
+    return subprocess.run(
+        [sys.executable, "-m", "siglip_dola", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_clean_run_prints_only_our_own_lines(tmp_path):
+    prompts = write_prompts(tmp_path / "p.json", SENTENCES[:2])
+    argv = generate_argv(prompts, tmp_path / "out", tiny_janus_dir(), "--parallel-size", "1")
+    argv.remove("--quiet")
+    done = _run_cli(argv)
+    assert done.returncode == 0, done.stderr
+    for noise in ("Warning", "warning", "deprecated", "[transformers]", "Traceback"):
+        assert noise not in done.stderr and noise not in done.stdout, done.stderr
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    bars = ("Loading weights", "Loading checkpoint shards")  # transformers 5.x, 4.x
+    ours = ("2 prompt(s) to generate", "loading ", "generate", *bars)
+    assert all(line.startswith(ours) for line in lines), lines
+    assert done.stdout.startswith("2 prompt(s) generated")
+
+
 def test_ctrl_c_on_a_real_process(tmp_path):
     """SIGINT to a running `python -m siglip_dola generate`: exit 130, whole files only."""
     prompts = write_prompts(tmp_path / "p.json", [f"{SENTENCES[0]} number {i}" for i in range(60)])

@@ -25,6 +25,7 @@ from siglip_dola.generate.convert import (
     ConversionError,
     convert_checkpoint,
     convert_tensors,
+    dtype_argument,
     map_key,
 )
 from siglip_dola.generate.sampling import (
@@ -52,7 +53,8 @@ def converted(deepseek_dir, tmp_path_factory):
     from transformers import JanusForConditionalGeneration
 
     out = convert_checkpoint(deepseek_dir, tmp_path_factory.mktemp("conv") / "hf")
-    return out, JanusForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    kwargs = {dtype_argument(): torch.float32}
+    return out, JanusForConditionalGeneration.from_pretrained(out, **kwargs).eval()
 
 
 # ----------------------------------------------------------------------------- names

@@ -31,6 +31,7 @@ from siglip_dola.generate.convert import (
     ConversionPlan,
     cfg_pad_token_id,
     convert_checkpoint,
+    dtype_argument,
     known_token_id,
     plan_conversion,
 )
@@ -177,13 +178,6 @@ def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
     return SpecialTokens(bos=int(bos), pad=int(pad), boi=int(boi))
 
 
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
 def load_janus(
     source: ModelSource,
     device: str | torch.device = "cpu",
@@ -203,7 +197,7 @@ def load_janus(
         with quiet_transformers(progress):
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
             model = JanusForConditionalGeneration.from_pretrained(
-                location, local_files_only=local, **_dtype_kwargs(dtype)
+                location, local_files_only=local, **{dtype_argument(): dtype}
             )
     except OSError as exc:  # missing files, no network for a hub id, unreadable weights
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

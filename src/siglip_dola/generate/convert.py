@@ -81,9 +81,11 @@ __all__ = [
     "cfg_pad_token_id",
     "convert_checkpoint",
     "convert_tensors",
+    "dtype_argument",
     "hf_config_from_deepseek",
     "known_token_id",
     "map_key",
+    "require_janus_transformers",
 ]
 
 DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"  # what DeepSeek pads the unconditional CFG rows with
@@ -399,6 +401,7 @@ class ConversionPlan:
 def plan_conversion(source: Path | str) -> ConversionPlan:
     """Read config, shapes and tokenizer ids of a DeepSeek checkpoint and check that every
     tensor the HF model needs is there (the error names missing keys)."""
+    require_janus_transformers()
     source = Path(source).expanduser()
     if not source.is_dir():
         raise ConversionError(f"checkpoint folder {source} does not exist")
@@ -414,6 +417,34 @@ def plan_conversion(source: Path | str) -> ConversionPlan:
     hf_config = hf_config_from_deepseek(config, shapes, special.get("image"))
     check_complete(shapes, hf_config)
     return ConversionPlan(source, shards, shapes, hf_config, special)
+
+
+JANUS_TRANSFORMERS = (4, 52)  # the first transformers with JanusForConditionalGeneration
+
+
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return major, minor
+
+
+def require_janus_transformers() -> None:
+    """A one-line error where the installed transformers predates its Janus classes."""
+    import transformers
+
+    if _transformers_version() < JANUS_TRANSFORMERS:
+        raise ValueError(
+            f"Janus generation and conversion need transformers >= "
+            f"{'.'.join(map(str, JANUS_TRANSFORMERS))} (JanusForConditionalGeneration); "
+            f"this is {transformers.__version__}"
+        )
+
+
+def dtype_argument() -> str:
+    """transformers' name for a model's dtype (``from_pretrained`` argument and config
+    attribute): ``dtype`` from 4.56 on, ``torch_dtype`` before."""
+    return "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
 
 
 def known_token_id(tokenizer, text: str) -> int | None:
@@ -529,7 +560,7 @@ def convert_checkpoint(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         if dtype is not None:
-            plan.hf_config.dtype = dtype
+            setattr(plan.hf_config, dtype_argument(), dtype)
         plan.hf_config.save_pretrained(work)
         _generation_config(plan.special).save_pretrained(work)
         for path in _tokenizer_files(plan.source):

@@ -24,7 +24,7 @@ from siglip_dola.generate.backend import (
     default_conversion_dir,
     resolve_model,
 )
-from siglip_dola.generate.convert import ConversionPlan
+from siglip_dola.generate.convert import ConversionPlan, require_janus_transformers
 from siglip_dola.generate.prompts import load_negatives, load_prompts
 from siglip_dola.generate.sampling import SamplingConfig
 from siglip_dola.generate.select import SELECT_MODES
@@ -112,6 +112,7 @@ class GenerateOptions:
     @classmethod
     def from_args(cls, args: Any) -> GenerateOptions:
         """Validate parsed ``generate`` arguments; raises ``ValueError`` with one clear line."""
+        require_janus_transformers()
         prompts = load_prompts(args.json)
         _check_counts(args)
         sampling = SamplingConfig(
