@@ -7,7 +7,7 @@ one ratio).
 
 Both sides make the same images: ``--prompts`` prompts x ``--parallel-size`` candidates with
 CFG pairs, sampled image tokens, VQ decode to uint8. The reference
-(:func:`siglip_dola.generate.reference.reference_image_tokens`, DeepSeek's loop) decodes one
+(``reference_image_tokens`` in ``tests/_deepseek_reference.py``, DeepSeek's loop) decodes one
 prompt per call; ours (:func:`siglip_dola.generate.sampling.generate_image_tokens`) puts
 ``--batch-prompts`` prompts (default: all) into one left-padded batch with one KV cache.
 Repetitions alternate and the medians are compared. Target on the tiny CPU model: >= 2x.
@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from siglip_dola.generate.reference import reference_image_tokens
-from siglip_dola.generate.sampling import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test oracle
+from _deepseek_reference import reference_image_tokens  # noqa: E402
+
+from siglip_dola.generate.sampling import (  # noqa: E402
     ImageRow,
     SamplingConfig,
     SpecialTokens,

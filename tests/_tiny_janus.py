@@ -42,12 +42,13 @@ GRID = 4  # image tokens per side: 16 tokens, 64x64 images
 CODEBOOK = 64
 
 
-def build_tokenizer():
-    """A byte-level BPE tokenizer with Janus's special tokens, as a PreTrainedTokenizerFast."""
+def build_tokenizer(extra_specials: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer with Janus's special tokens, as a PreTrainedTokenizerFast
+    (``extra_specials``: more special tokens in the vocabulary, e.g. DeepSeek's pad tag)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = list(SPECIALS.values()) + ROLE_TOKENS
+    specials = list(SPECIALS.values()) + ROLE_TOKENS + list(extra_specials)
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -75,7 +76,7 @@ def special_ids(tokenizer) -> dict[str, int]:
     return {name: tokenizer.convert_tokens_to_ids(text) for name, text in SPECIALS.items()}
 
 
-def tiny_config(tokenizer, grid: int = GRID, text_layers: int = 2):
+def tiny_config(tokenizer, grid: int = GRID, text_layers: int = 2, vision_layers: int = 1):
     """A JanusConfig with a 2-layer Llama, a 1-block vision tower and a small VQ model."""
     from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
 
@@ -94,7 +95,7 @@ def tiny_config(tokenizer, grid: int = GRID, text_layers: int = 2):
     )
     vision = JanusVisionConfig(
         hidden_size=32,
-        num_hidden_layers=1,
+        num_hidden_layers=vision_layers,
         num_attention_heads=2,
         image_size=16 * grid,
         patch_size=16,
@@ -122,13 +123,20 @@ def tiny_config(tokenizer, grid: int = GRID, text_layers: int = 2):
     )
 
 
-def build_tiny_janus(seed: int = 0, grid: int = GRID, text_layers: int = 2):
+def build_tiny_janus(
+    seed: int = 0,
+    grid: int = GRID,
+    text_layers: int = 2,
+    vision_layers: int = 1,
+    extra_specials: tuple[str, ...] = (),
+):
     """(model, tokenizer): a random-init JanusForConditionalGeneration in eval mode."""
     from transformers import JanusForConditionalGeneration
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(extra_specials)
     torch.manual_seed(seed)
-    model = JanusForConditionalGeneration(tiny_config(tokenizer, grid, text_layers)).eval()
+    config = tiny_config(tokenizer, grid, text_layers, vision_layers)
+    model = JanusForConditionalGeneration(config).eval()
     spread_generation_weights(model)
     ids = special_ids(tokenizer)
     gen = model.generation_config
@@ -237,13 +245,36 @@ def deepseek_state_dict(model, attn_pool: bool = True) -> dict[str, torch.Tensor
         else:
             raise AssertionError(f"unmapped HF key {key}")
     _fuse_qkv(out, vt)
-    generator = torch.Generator().manual_seed(5)
     if attn_pool:
-        width = model.config.vision_config.hidden_size
-        out[vt + "attn_pool.latent"] = torch.randn(1, 1, width, generator=generator)
-        out[vt + "attn_pool.q.weight"] = torch.randn(width, width, generator=generator)
+        out.update({vt + k: v for k, v in siglip_pooling_head(model).items()})
     out["gen_vision_model.quantize.codebook_used"] = torch.zeros(65536)
     return out
+
+
+def siglip_pooling_head(model) -> dict[str, torch.Tensor]:
+    """A SigLIP MAP head (timm's ``attn_pool.*``) that fits the model's vision tower: the
+    part of DeepSeek's tower that transformers' Janus has no place for."""
+    import timm
+
+    vision = model.config.vision_config
+    generator = torch.Generator().manual_seed(5)
+    with torch.device("meta"):
+        tower = timm.create_model(
+            "vit_large_patch16_siglip_384",
+            pretrained=False,
+            num_classes=0,
+            embed_dim=vision.hidden_size,
+            depth=1,
+            num_heads=vision.num_attention_heads,
+            img_size=vision.image_size,
+            patch_size=vision.patch_size,
+        )
+    head = {}
+    for name, value in tower.attn_pool.state_dict().items():
+        fan_in = value[0].numel() if value.ndim >= 2 else 1
+        scale = 1.0 if value.ndim < 2 else fan_in**0.5
+        head["attn_pool." + name] = torch.randn(value.shape, generator=generator) / scale
+    return head
 
 
 def _fuse_qkv(out: dict[str, torch.Tensor], vt: str) -> None:

@@ -102,19 +102,23 @@ def test_images_do_not_depend_on_batch_prompts(reference, prompts_file, tmp_path
 
 
 def test_shards_union_equals_single_run(reference, prompts_file, tmp_path, monkeypatch):
+    # Each shard takes one contiguous block of the five prompts.
     out = tmp_path / "out"
-    for shard in ("1/2", "0/2"):
+    done: list[int] = []
+    for shard, block in (("1/2", [3, 4]), ("0/2", [0, 1, 2])):
         assert main(generate_argv(prompts_file, out, None, *SETTINGS, "--shard", shard)) == 0
+        done = sorted(done + block)
+        assert [r["index"] for r in read_manifest(out)] == done
     assert output_files(out) == reference[1]
     # torchrun's environment variables split the same way
     out = tmp_path / "torchrun"
     monkeypatch.setenv("WORLD_SIZE", "3")
-    done: set[int] = set()
-    for rank in (2, 0, 1):
+    done = []
+    for rank, block in ((2, [4]), (0, [0, 1]), (1, [2, 3])):
         monkeypatch.setenv("RANK", str(rank))
         assert main(generate_argv(prompts_file, out, None, *SETTINGS)) == 0
-        done |= {i for i in range(len(PROMPTS)) if i % 3 == rank}
-        assert [r["index"] for r in read_manifest(out)] == sorted(done)
+        done = sorted(done + block)
+        assert [r["index"] for r in read_manifest(out)] == done
     assert output_files(out) == reference[1]
 
 
@@ -173,6 +177,46 @@ def test_interrupted_run_leaves_only_whole_files_and_resumes(
 
     assert main(generate_argv(prompts_file, out, None, *SETTINGS)) == 0
     assert output_files(out) == reference[1]
+
+
+def test_prompt_whitespace_is_stripped_for_the_model_but_kept_in_the_manifest(reference, tmp_path):
+    # DeepSeek strips each message: "  <p> \n" makes the same images as "<p>".
+    padded = [f"  {PROMPTS[0]} \n", f"\t{PROMPTS[1]}"]
+    prompts = write_prompts(tmp_path / "p.json", padded)
+    out = tmp_path / "out"
+    assert main(generate_argv(prompts, out, None, *SETTINGS)) == 0
+    files = output_files(out)
+    for name in ("prompt_0000/img_00.jpg", "prompt_0000/img_01.jpg", "prompt_0001/img_00.jpg"):
+        assert files[name] == reference[1][name]
+    assert [r["prompt"] for r in read_manifest(out)] == padded
+    assert (out / "prompt_0000" / "prompt.txt").read_text(encoding="utf-8") == padded[0] + "\n"
+
+
+def _run_cli(argv: list[str]) -> subprocess.CompletedProcess:
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=src)
+    return subprocess.run(
+        [sys.executable, "-m", "siglip_dola", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_clean_run_prints_only_our_own_lines(tmp_path):
+    prompts = write_prompts(tmp_path / "p.json", SENTENCES[:2])
+    argv = generate_argv(prompts, tmp_path / "out", tiny_janus_dir(), "--parallel-size", "1")
+    argv.remove("--quiet")
+    done = _run_cli(argv)
+    assert done.returncode == 0, done.stderr
+    for noise in ("Warning", "warning", "deprecated", "[transformers]", "Traceback"):
+        assert noise not in done.stderr and noise not in done.stdout, done.stderr
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    bars = ("Loading weights", "Loading checkpoint shards")  # transformers 5.x, 4.x
+    ours = ("2 prompt(s) to generate", "loading ", "generate", *bars)
+    assert all(line.startswith(ours) for line in lines), lines
+    assert done.stdout.startswith("2 prompt(s) generated")
 
 
 def test_ctrl_c_on_a_real_process(tmp_path):

@@ -162,6 +162,16 @@ def test_deepseek_folder_with_missing_weights(capsys, good, tmp_path):
     assert "no weights in" in line
 
 
+def test_transformers_without_janus(capsys, good, tmp_path, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.51.3")
+    assert "need transformers >= 4.52" in run(capsys, good)
+    capsys.readouterr()
+    assert main(["janus-convert", str(tmp_path), str(tmp_path / "x"), "--quiet"]) == 2
+    assert "need transformers >= 4.52" in capsys.readouterr().err
+
+
 def test_janus_convert_of_a_non_deepseek_folder(capsys, tmp_path):
     capsys.readouterr()
     assert main(["janus-convert", str(tiny_janus_dir()), str(tmp_path / "x"), "--quiet"]) == 2

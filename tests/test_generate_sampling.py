@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
-from _tiny_janus import SENTENCES, build_tiny_janus, special_ids
+from _deepseek_reference import reference_image_tokens
+from _tiny_janus import SENTENCES, build_tiny_janus, build_tokenizer, special_ids
 
-from siglip_dola.generate.reference import reference_image_tokens
+from siglip_dola.generate.backend import special_tokens
+from siglip_dola.generate.convert import DEEPSEEK_PAD_TAG, cfg_pad_token_id
 from siglip_dola.generate.sampling import (
     ImageRow,
     SamplingConfig,
     SpecialTokens,
+    _kv_cache,
     candidate_seed,
     decode_images,
     encode_prompt,
@@ -55,11 +60,54 @@ def test_prompt_format_is_deepseeks():
     assert format_prompt("a cat") == "<|User|>: a cat\n\n<|Assistant|>:<begin_of_image>"
 
 
+def test_prompt_is_stripped_as_deepseek_does(janus):
+    # DeepSeek's apply_sft_template_for_multi_turn_prompts strips each message.
+    assert format_prompt("  A dog. \n") == format_prompt("A dog.")
+    assert format_prompt("\tA dog.\u3000") == "<|User|>: A dog.\n\n<|Assistant|>:<begin_of_image>"
+    assert format_prompt("a\n\nb") == "<|User|>: a\n\nb\n\n<|Assistant|>:<begin_of_image>"
+    model, special, _ = janus
+    tokenizer = build_tokenizer()
+    assert encode_prompt(tokenizer, f"  {SENTENCES[0]} \n", special) == encode_prompt(
+        tokenizer, SENTENCES[0], special
+    )
+
+
 def test_encoded_prompt_starts_with_bos_and_ends_with_image_start(janus):
     _, special, prompts = janus
     for ids in prompts:
         assert ids[0] == special.bos and ids[-1] == special.boi
         assert special.boi not in ids[:-1]
+
+
+def test_cfg_pad_token_is_deepseeks_where_the_vocabulary_has_it():
+    plain = build_tokenizer()
+    tagged = build_tokenizer((DEEPSEEK_PAD_TAG,))
+    tag = tagged.convert_tokens_to_ids(DEEPSEEK_PAD_TAG)
+    assert tag != tagged.pad_token_id
+    assert cfg_pad_token_id(tagged) == tag  # DeepSeek pads with its tag, whatever pad_token says
+    assert cfg_pad_token_id(plain) == plain.pad_token_id
+    plain.pad_token = None
+    assert cfg_pad_token_id(plain) is None
+
+    class Generation:
+        pad_token_id = 7
+
+    assert cfg_pad_token_id(plain, Generation()) == 7
+
+
+def test_cfg_rows_padded_with_deepseeks_pad_token_equal_deepseeks_loop():
+    model, tokenizer = build_tiny_janus(seed=4, extra_specials=(DEEPSEEK_PAD_TAG,))
+    special = special_tokens(tokenizer, model.generation_config)
+    tag = tokenizer.convert_tokens_to_ids(DEEPSEEK_PAD_TAG)
+    assert special.pad == tag
+    ids = encode_prompt(tokenizer, SENTENCES[2], special)
+    ours = generate_image_tokens(model, [ImageRow(ids, 0)], GREEDY, special)
+    deepseek = reference_image_tokens(model, ids, tag, parallel_size=1, temperature=0)
+    assert torch.equal(ours, deepseek)
+    other_pad = reference_image_tokens(
+        model, ids, tokenizer.pad_token_id, parallel_size=1, temperature=0
+    )
+    assert not torch.equal(ours, other_pad)  # the pad token of the CFG rows matters
 
 
 def test_unconditional_row_keeps_only_bos_and_image_start():
@@ -133,6 +181,21 @@ def test_decode_loop_equals_transformers_generate_greedy(janus):
     ours = generate_image_tokens(model, [ImageRow(p, 0) for p in prompts], GREEDY, special)
     assert torch.equal(ours, expected)
     assert len({tuple(r) for r in ours.tolist()}) == len(prompts)  # prompts matter
+
+
+def test_decode_loop_uses_the_supported_cache_api(janus):
+    """No deprecated argument (transformers 5.x: past_key_values -> cache)."""
+    model, special, prompts = janus
+    rows = [ImageRow(prompts[0], 1), ImageRow(prompts[1], 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        tokens = generate_image_tokens(model, rows, SamplingConfig(), special)
+    assert tokens.shape == (2, 16)
+    import transformers.cache_utils
+
+    if hasattr(transformers.cache_utils, "DynamicLayer"):  # the layered cache API (4.56+)
+        assert _kv_cache(model, 8) is not None  # our preallocated cache, not a fallback
 
 
 def test_decode_loop_equals_deepseek_reference_loop_greedy(janus):

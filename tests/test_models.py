@@ -16,7 +16,6 @@ from _tiny_models import (
 from safetensors.torch import save_file
 
 from siglip_dola.models import ModelSpec, detect_scheme, load_model, parse_spec
-from siglip_dola.readout._common import load_state_dict_file
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
 from siglip_dola.settings import parse_dtype
 
@@ -201,23 +200,6 @@ def test_trust_remote_code_is_only_passed_when_asked(hf_dir, monkeypatch):
     load_model(f"hf:{hf_dir}")
     load_model(f"hf:{hf_dir}", trust_remote_code=True)
     assert seen == [False, True]
-
-
-class _Payload:
-    """Not a tensor: unpickling it would need to run code."""
-
-
-def test_pickled_objects_are_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    torch.save({"weight": torch.zeros(2), "payload": _Payload()}, path)
-    with pytest.raises(ValueError, match="weights_only=True"):
-        load_state_dict_file(path)
-
-
-def test_plain_torch_checkpoints_load(tmp_path):
-    path = tmp_path / "plain.pth"
-    torch.save({"state_dict": {"module.w": torch.ones(2)}}, path)
-    assert list(load_state_dict_file(path)) == ["w"]
 
 
 def test_janus_bin_shards_load_with_weights_only(tmp_path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from _tiny_janus import build_tiny_janus, write_deepseek_layout
 from _tiny_models import (
     DEPTH,
     HEADS,
@@ -20,11 +22,11 @@ from _tiny_models import (
 from PIL import Image
 from safetensors.torch import save_file
 
-from siglip_dola.models import load_model
+from siglip_dola.checkpoints import ATTN_POOL_FILE, JANUS_VISION_PREFIX
+from siglip_dola.generate.convert import convert_checkpoint
+from siglip_dola.models import detect_scheme, load_model
 from siglip_dola.readout.janus import (
-    JANUS_VISION_PREFIX,
     JanusImageTransform,
-    checkpoint_shards,
     read_janus_vision_weights,
     read_pooling_head,
 )
@@ -140,41 +142,75 @@ def test_a_prefix_without_tensors_is_named(folder):
         read_janus_vision_weights(folder, prefix="nothing.")
 
 
-def test_checkpoint_shards_from_the_index(tower, tmp_path):
+def _set_vision_params(folder, **params):
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"] = {"params": params}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_heads_come_from_config_json(tower, tmp_path, pixels):
     folder = save_janus_checkpoint(tmp_path / "janus", tower)
-    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    assert checkpoint_shards(folder) == [folder / n for n in shards]
-    assert checkpoint_shards(folder, lambda k: k.startswith("language_model.")) == [
-        folder / shards[0]
-    ]
-    assert checkpoint_shards(folder, lambda k: k.startswith("no such key")) == []
-    (folder / shards[1]).unlink()
-    assert checkpoint_shards(folder, lambda k: k.startswith("language_model.")) == [
-        folder / shards[0]
-    ]
-    with pytest.raises(ValueError, match=r"names shards that are not in .*00002-of-00002"):
-        checkpoint_shards(folder)
+    with pytest.raises(ValueError, match=r"cannot tell the attention heads.*num_heads"):
+        load_model(f"janus:{folder}")  # width 32 names no head count
+    _set_vision_params(folder, heads=HEADS)
+    loaded = load_model(f"janus:{folder}")
+    assert loaded.vision.model.blocks[0].attn.num_heads == HEADS
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.vision.image_embedding({"pixel_values": pixels}),
+            tower(pixels),
+            atol=ATOL,
+            rtol=0,
+        )
+    _set_vision_params(folder, heads=4)  # the config is what counts, not timm's 16
+    assert load_model(f"janus:{folder}").vision.model.blocks[0].attn.num_heads == 4
+    _set_vision_params(folder, model_name="siglip_large_patch16_384")
+    assert load_model(f"janus:{folder}").vision.model.blocks[0].attn.num_heads == 16
 
 
-def test_checkpoint_shards_prefers_safetensors_and_falls_back_to_one_file(tmp_path):
-    with pytest.raises(ValueError, match="no weights in"):
-        checkpoint_shards(tmp_path)
-    save_file({"a": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
-    torch.save({"a": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
-    assert checkpoint_shards(tmp_path, lambda k: False) == [tmp_path / "model.safetensors"]
-    (tmp_path / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"weight_map": {"a": "pytorch_model.bin"}})
-    )
-    assert checkpoint_shards(tmp_path) == [tmp_path / "pytorch_model.bin"]
-    (tmp_path / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a": "model.safetensors"}})
-    )
-    assert checkpoint_shards(tmp_path) == [tmp_path / "model.safetensors"]
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weights": {}}))
-    with pytest.raises(ValueError, match="has no 'weight_map'"):
-        checkpoint_shards(tmp_path)
-    with pytest.raises(ValueError, match="does not exist"):
-        checkpoint_shards(tmp_path / "nowhere")
+# ----------------------------------------------------------------------------- HF format
+
+
+@pytest.fixture(scope="module")
+def deepseek_and_converted(tmp_path_factory):
+    """The same tiny Janus in DeepSeek's layout and converted by our janus-convert."""
+    model, tokenizer = build_tiny_janus(seed=2, vision_layers=3)
+    root = tmp_path_factory.mktemp("janus_formats")
+    deepseek = write_deepseek_layout(model, tokenizer, root / "ds")
+    return deepseek, convert_checkpoint(deepseek, root / "hf")
+
+
+def test_converted_folder_reads_out_like_the_deepseek_folder(deepseek_and_converted):
+    deepseek, converted = deepseek_and_converted
+    assert detect_scheme(converted) == "janus"
+    original, hf = load_model(f"janus:{deepseek}"), load_model(f"janus:{converted}")
+    assert original.vision.depth == hf.vision.depth == 3
+    assert hf.vision.model.blocks[0].attn.num_heads == 2  # from the HF config.json
+    images = random_images(3)
+    batch = original.vision.preprocess(images)
+    torch.testing.assert_close(hf.vision.preprocess(images)["pixel_values"], batch["pixel_values"])
+    want = original.vision.forward_layers(batch, [1, 2])
+    got = hf.vision.forward_layers(batch, [1, 2])
+    assert want.layers == got.layers == (1, 2, 3)
+    torch.testing.assert_close(got.embeddings, want.embeddings, atol=1e-6, rtol=0)
+    assert (want.layer(1) - want.layer(3)).abs().max() > 1e-3  # the layers differ
+
+
+def test_hf_folder_without_the_head_file_names_head_from(deepseek_and_converted, tmp_path):
+    deepseek, converted = deepseek_and_converted
+    headless = tmp_path / "hf"
+    shutil.copytree(converted, headless)
+    (headless / ATTN_POOL_FILE).unlink()
+    with pytest.raises(
+        ValueError, match=rf"no SigLIP pooling head.*{ATTN_POOL_FILE}.*head_from.*--head-from"
+    ):
+        load_model(f"janus:{headless}")
+    # --head-from a converted folder (its head file) or the DeepSeek original
+    pixels = load_model(f"janus:{deepseek}").vision.preprocess(random_images(2))
+    want = load_model(f"janus:{deepseek}").vision.forward_layers(pixels, [1]).embeddings
+    for source in (converted, deepseek):
+        got = load_model(f"janus:{headless}", head_from=source).vision.forward_layers(pixels, [1])
+        torch.testing.assert_close(got.embeddings, want, atol=1e-6, rtol=0)
 
 
 def test_missing_keys_are_named(tower, tmp_path):

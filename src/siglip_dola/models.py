@@ -11,7 +11,8 @@ Specs (SPEC.md section 4):
   file name (its ``text_cfg.hf_tokenizer_name`` may name a local tokenizer folder);
 * ``timm:<name>`` (timm pretrained weights from the hub or its cache),
   ``timm:<name>:<weights file>``, ``timm:<dir>`` (timm's ``config.json`` + weights);
-* ``janus:<dir>``: the SigLIP tower of a DeepSeek Janus / Janus-Pro checkpoint.
+* ``janus:<dir>``: the SigLIP tower of a Janus / Janus-Pro checkpoint (DeepSeek's format or
+  transformers').
 
 A bare local directory is recognised by its files. Vision-only models (timm, Janus) take
 their text tower from ``text_spec``. Nothing runs pickled code: safetensors first, else
@@ -28,14 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from siglip_dola.readout._common import (
+from siglip_dola.checkpoints import (
     SAFE_WEIGHT_SUFFIXES,
+    janus_format,
     load_state_dict_file,
     load_weights_strict,
+    read_config,
     read_json,
 )
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
-from siglip_dola.readout.janus import DEEPSEEK_MODEL_TYPE
 from siglip_dola.settings import parse_dtype
 
 __all__ = ["SCHEMES", "ModelSpec", "detect_scheme", "load_model", "load_towers", "parse_spec"]
@@ -99,28 +101,18 @@ def detect_scheme(folder: Path) -> str:
     """The scheme of a local model folder, from the files it holds."""
     if (folder / "open_clip_config.json").is_file():
         return "open_clip"
-    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    config = read_config(folder)
     if config.get("model_type") in HF_SIGLIP_TYPES:
         return "hf"
     if "architecture" in config:  # timm's save_for_hf / hub layout
         return "timm"
-    if config.get("model_type") == DEEPSEEK_MODEL_TYPE or _janus_index(folder):
-        return "janus"  # DeepSeek's own checkpoint format
+    if janus_format(folder) is not None:
+        return "janus"  # DeepSeek's format, or transformers' JanusForConditionalGeneration
     raise ValueError(
         f"cannot tell what model {folder} holds: expected open_clip_config.json (open_clip), "
-        f"config.json of a SigLIP model (hf) or with 'architecture' (timm), or a DeepSeek "
-        f"Janus checkpoint; name the scheme explicitly ({SPEC_HELP})"
+        f"config.json of a SigLIP model (hf) or with 'architecture' (timm), or a Janus "
+        f"checkpoint; name the scheme explicitly ({SPEC_HELP})"
     )
-
-
-def _janus_index(folder: Path) -> bool:
-    """Whether the folder's index json maps Janus vision-tower keys to shards (a bare single
-    weight file says nothing without being opened)."""
-    from siglip_dola.readout.janus import INDEX_FILES, JANUS_VISION_PREFIX, checkpoint_shards
-
-    if not any((folder / name).is_file() for name in INDEX_FILES):
-        return False
-    return bool(checkpoint_shards(folder, lambda key: key.startswith(JANUS_VISION_PREFIX)))
 
 
 def _looks_like_path(text: str) -> bool:

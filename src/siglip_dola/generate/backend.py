@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +19,19 @@ from typing import Any
 
 import torch
 
-from siglip_dola.generate.convert import (
+from siglip_dola.checkpoints import (
     DEEPSEEK_MODEL_TYPE,
-    DEEPSEEK_PAD_TAG,
+    HF_JANUS_MODEL_TYPE,
     MARKER_FILE,
+    check_hf_janus_files,
+    janus_format_of_config,
+    read_config,
+)
+from siglip_dola.generate.convert import (
     ConversionPlan,
+    cfg_pad_token_id,
     convert_checkpoint,
+    dtype_argument,
     known_token_id,
     plan_conversion,
 )
@@ -33,7 +39,6 @@ from siglip_dola.generate.sampling import IMAGE_START_TAG, SpecialTokens
 from siglip_dola.settings import default_cache_dir
 
 __all__ = [
-    "HF_MODEL_TYPE",
     "check_deepseek",
     "JanusBundle",
     "ModelSource",
@@ -43,7 +48,6 @@ __all__ = [
     "special_tokens",
 ]
 
-HF_MODEL_TYPE = "janus"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -85,42 +89,23 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 def _folder_kind(folder: Path) -> str:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    """``hf`` or ``deepseek`` from ``config.json`` (an HF folder's files are checked too)."""
+    if not (folder / "config.json").is_file():
         raise ValueError(
             f"{folder} is neither an HF-format Janus folder nor a DeepSeek-format one: "
             f"it has no config.json"
         )
-    try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, AttributeError, OSError) as exc:
-        raise ValueError(f"{config_path} is not a readable JSON object ({exc})") from None
-    if model_type == HF_MODEL_TYPE:
-        _check_hf_files(folder)
-        return "hf"
-    if model_type == DEEPSEEK_MODEL_TYPE:
-        return "deepseek"
-    raise ValueError(
-        f"{folder} is neither an HF-format Janus folder (model_type 'janus') nor a "
-        f"DeepSeek-format one (model_type 'multi_modality'): config.json says {model_type!r}"
-    )
-
-
-HF_WEIGHTS = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
-
-def _check_hf_files(folder: Path) -> None:
-    """An HF-format folder needs weights and a tokenizer (named before a long load fails)."""
-    if not any((folder / name).is_file() for name in HF_WEIGHTS):
-        raise ValueError(f"{folder} holds no weights (expected one of {', '.join(HF_WEIGHTS)})")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(f"{folder} holds no tokenizer (expected {' or '.join(TOKENIZER_FILES)})")
+    config = read_config(folder)
+    kind = janus_format_of_config(config)
+    if kind == "hf":
+        check_hf_janus_files(folder)
+    if kind is None:
+        raise ValueError(
+            f"{folder} is neither an HF-format Janus folder (model_type "
+            f"{HF_JANUS_MODEL_TYPE!r}) nor a DeepSeek-format one (model_type "
+            f"{DEEPSEEK_MODEL_TYPE!r}): config.json says {config.get('model_type')!r}"
+        )
+    return kind
 
 
 def default_conversion_dir(source: ModelSource) -> Path:
@@ -176,7 +161,8 @@ def _hf_folder(
 
 
 def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
-    """BOS, pad and ``<begin_of_image>`` ids from the tokenizer (generation config as backup)."""
+    """BOS, pad and ``<begin_of_image>`` ids from the tokenizer (generation config as backup);
+    the pad id is DeepSeek's (:func:`cfg_pad_token_id`)."""
     gen = generation_config
     extra = dict(getattr(gen, "generation_kwargs", None) or {})
     bos = (
@@ -184,21 +170,12 @@ def special_tokens(tokenizer, generation_config: Any = None) -> SpecialTokens:
         if tokenizer.bos_token_id is not None
         else getattr(gen, "bos_token_id", None)
     )
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = known_token_id(tokenizer, DEEPSEEK_PAD_TAG) or getattr(gen, "pad_token_id", None)
+    pad = cfg_pad_token_id(tokenizer, gen)
     boi = known_token_id(tokenizer, IMAGE_START_TAG) or extra.get("boi_token_id")
     missing = [n for n, v in (("BOS", bos), ("pad", pad), (IMAGE_START_TAG, boi)) if v is None]
     if missing:
         raise ValueError(f"the tokenizer defines no {', '.join(missing)} token")
     return SpecialTokens(bos=int(bos), pad=int(pad), boi=int(boi))
-
-
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def load_janus(
@@ -220,7 +197,7 @@ def load_janus(
         with quiet_transformers(progress):
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
             model = JanusForConditionalGeneration.from_pretrained(
-                location, local_files_only=local, **_dtype_kwargs(dtype)
+                location, local_files_only=local, **{dtype_argument(): dtype}
             )
     except OSError as exc:  # missing files, no network for a hub id, unreadable weights
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

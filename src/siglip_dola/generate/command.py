@@ -91,7 +91,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--shard",
         default=None,
-        help="i/n: this process takes prompts i, i+n, ... (torchrun sets it itself)",
+        help="i/n: this process takes the i-th of n contiguous blocks of the prompts "
+        "(torchrun sets it itself)",
     )
     g.add_argument(
         "--converted-dir",

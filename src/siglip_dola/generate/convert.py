@@ -39,8 +39,10 @@ Key mapping (DeepSeek -> HF), checked against DeepSeek's own classes. Abbreviati
     gen_vision_model.quantize.codebook_used -> dropped (a training statistic)
     *.rotary_emb.inv_freq                   -> dropped (recomputed from the config)
 
-The HF config is read off the DeepSeek ``config.json`` and the tensor shapes (DeepSeek's VQ
-model and vision tower are fixed by class name, so their sizes are only in the tensors).
+The vision tower's names (the ``VT.`` rows) and shape live in :mod:`siglip_dola.checkpoints`,
+which the ``janus:`` readout maps back with. The HF config is read off the DeepSeek
+``config.json`` and the tensor shapes (DeepSeek's VQ model and vision tower are fixed by class
+name, so their sizes are only in the tensors).
 """
 
 from __future__ import annotations
@@ -56,37 +58,38 @@ from typing import Any
 
 import torch
 
+from siglip_dola.checkpoints import (
+    ATTN_POOL_FILE,
+    ATTN_POOL_PREFIX,
+    DEEPSEEK_MODEL_TYPE,
+    HF_VISION_PREFIX,
+    MARKER_FILE,
+    TOKENIZER_FILE_PATTERN,
+    checkpoint_shards,
+    file_tensor_shapes,
+    load_state_dict_file,
+    vision_name_to_hf,
+    vision_tensors_to_hf,
+    vision_tower_shape,
+)
+from siglip_dola.checkpoints import JANUS_VISION_PREFIX as VISION
 from siglip_dola.generate.sampling import IMAGE_START_TAG
-from siglip_dola.readout._common import load_state_dict_file
-from siglip_dola.readout.janus import DEEPSEEK_MODEL_TYPE, JANUS_VISION_PREFIX, checkpoint_shards
 
 __all__ = [
-    "DEEPSEEK_MODEL_TYPE",
     "DEEPSEEK_PAD_TAG",
     "ConversionError",
+    "cfg_pad_token_id",
     "convert_checkpoint",
     "convert_tensors",
-    "deepseek_shards",
+    "dtype_argument",
     "hf_config_from_deepseek",
     "known_token_id",
     "map_key",
+    "require_janus_transformers",
 ]
 
-DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"  # DeepSeek's pad token when the tokenizer names no pad
+DEEPSEEK_PAD_TAG = "<｜▁pad▁｜>"  # what DeepSeek pads the unconditional CFG rows with
 IMAGE_PLACEHOLDER_TAG = "<image_placeholder>"
-VISION = JANUS_VISION_PREFIX
-ATTN_POOL_FILE = "vision_attn_pool.safetensors"
-MARKER_FILE = "janus_conversion.json"
-TOKENIZER_FILES = re.compile(
-    r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|processor_config\.json|"
-    r"preprocessor_config\.json|chat_template.*|vocab\..*|merges\.txt)$"
-)
-# Attention heads of DeepSeek's named SigLIP towers (not stored in the tensors).
-SIGLIP_HEADS = {
-    "siglip_large_patch16_384": 16,
-    "siglip_so400m_patch14_384": 16,
-    "siglip_so400m_patch14_224": 16,
-}
 
 
 class ConversionError(ValueError):
@@ -99,36 +102,7 @@ _RULES: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(r"^language_model\.model\.(.+)$"), r"model.language_model.\1"),
     (re.compile(r"^language_model\.lm_head\.(.+)$"), r"lm_head.\1"),
     (re.compile(r"^.*rotary_emb\.inv_freq$"), None),  # recomputed from the config
-    (re.compile(rf"^{re.escape(VISION)}attn_pool\..+$"), None),
-    (
-        re.compile(rf"^{re.escape(VISION)}patch_embed\.proj\.(.+)$"),
-        r"model.vision_model.embeddings.patch_embedding.\1",
-    ),
-    (
-        re.compile(rf"^{re.escape(VISION)}pos_embed$"),
-        "model.vision_model.embeddings.position_embedding.weight",
-    ),
-    (
-        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.norm([12])\.(.+)$"),
-        r"model.vision_model.encoder.layers.\1.layer_norm\2.\3",
-    ),
-    (
-        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.qkv\.(.+)$"),
-        r"model.vision_model.encoder.layers.\1.self_attn.{q,k,v}_proj.\2",
-    ),
-    (
-        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.proj\.(.+)$"),
-        r"model.vision_model.encoder.layers.\1.self_attn.projection_layer.\2",
-    ),
-    (
-        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.attn\.(q_norm|k_norm)\.(.+)$"),
-        r"model.vision_model.encoder.layers.\1.self_attn.\2.\3",
-    ),
-    (
-        re.compile(rf"^{re.escape(VISION)}blocks\.(\d+)\.mlp\.(fc[12])\.(.+)$"),
-        r"model.vision_model.encoder.layers.\1.mlp.\2.\3",
-    ),
-    (re.compile(rf"^{re.escape(VISION)}norm\.(.+)$"), r"model.vision_model.post_layernorm.\1"),
+    (re.compile(rf"^{re.escape(VISION)}{re.escape(ATTN_POOL_PREFIX)}.+$"), None),
     (re.compile(r"^aligner\.layers\.0\.(.+)$"), r"model.aligner.fc1.\1"),
     (re.compile(r"^aligner\.layers\.(\d+)\.(.+)$"), r"model.aligner.hidden_layers.{half-1:\1}.\2"),
     (re.compile(r"^gen_aligner\.layers\.0\.(.+)$"), r"model.generation_aligner.fc1.\1"),
@@ -179,6 +153,10 @@ def map_key(key: str) -> str | None:
         name = match.expand(template)
         name = re.sub(r"\{half-1:(\d+)\}", lambda m: _half_minus_one(key, m.group(1)), name)
         return re.sub(r"\{(mid|level):(\w+)\}", lambda m: _WORDS[m.group(1)][m.group(2)], name)
+    if key.startswith(VISION):  # the SigLIP tower: names shared with the janus: readout
+        name = vision_name_to_hf(key[len(VISION) :])
+        if name is not None:
+            return HF_VISION_PREFIX + name
     raise ConversionError(f"unknown key {key!r}: not part of a DeepSeek Janus checkpoint")
 
 
@@ -195,36 +173,16 @@ def convert_tensors(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     name = map_key(key)
     if name is None:
         return {}
-    if "{q,k,v}_proj" in name:
-        if tensor.shape[0] % 3:
-            raise ConversionError(f"{key} has {tensor.shape[0]} rows, not a multiple of 3")
-        parts = tensor.chunk(3, dim=0)
-        return {name.replace("{q,k,v}", p): t for p, t in zip("qkv", parts, strict=True)}
-    if key.endswith("pos_embed"):
-        if tensor.ndim != 3 or tensor.shape[0] != 1:
-            raise ConversionError(f"{key} has shape {tuple(tensor.shape)}, expected [1, N, D]")
-        return {name: tensor[0]}
+    if name.startswith(HF_VISION_PREFIX):
+        try:
+            converted = vision_tensors_to_hf(key[len(VISION) :], tensor)
+        except ValueError as exc:
+            raise ConversionError(f"{VISION}{exc}") from None
+        return {HF_VISION_PREFIX + k: v for k, v in converted.items()}
     return {name: tensor}
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def deepseek_shards(folder: Path) -> list[Path]:
-    """The weight files of a checkpoint folder, from its index json or its single file."""
-    try:
-        return checkpoint_shards(folder)
-    except ValueError as exc:
-        raise ConversionError(str(exc)) from None
-
-
-def _shard_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    return {k: tuple(v.shape) for k, v in load_state_dict_file(path).items()}
 
 
 def read_deepseek_config(folder: Path) -> dict[str, Any]:
@@ -290,30 +248,31 @@ def _text_config(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]):
 def _vision_config(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]):
     from transformers import JanusVisionConfig
 
-    params = _params(config, "vision_config")
-    _, positions, width = _shape(shapes, VISION + "pos_embed")
-    patch = _shape(shapes, VISION + "patch_embed.proj.weight")[-1]
-    image_size = int(params.get("image_size", round(positions**0.5) * patch))
-    heads = params.get("heads") or SIGLIP_HEADS.get(str(params.get("model_name")))
-    if heads is None:
-        if width % 64:
-            raise ConversionError(
-                f"unknown vision tower {params.get('model_name')!r}: add 'heads' to "
-                f"vision_config.params in config.json"
-            )
-        heads = width // 64  # SigLIP towers use 64-wide heads
+    for name in ("pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
+        _shape(shapes, VISION + name)  # named when missing
+    tower = {k[len(VISION) :]: v for k, v in shapes.items() if k.startswith(VISION)}
+    try:
+        shape = vision_tower_shape(tower, config)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
+    if shape.heads is None:
+        model_name = _params(config, "vision_config").get("model_name")
+        raise ConversionError(
+            f"unknown vision tower {model_name!r}: add 'heads' to vision_config.params in "
+            f"config.json"
+        )
     aligner_out = _shape(shapes, "aligner.layers.0.weight")[0]
     return JanusVisionConfig(
-        hidden_size=width,
-        num_hidden_layers=_count(shapes, rf"^{re.escape(VISION)}blocks\.(\d+)\."),
-        num_attention_heads=int(heads),
-        image_size=image_size,
-        patch_size=patch,
-        mlp_ratio=_shape(shapes, VISION + "blocks.0.mlp.fc1.weight")[0] / width,
+        hidden_size=shape.width,
+        num_hidden_layers=shape.depth,
+        num_attention_heads=shape.heads,
+        image_size=shape.image_size,
+        patch_size=shape.patch_size,
+        mlp_ratio=shape.mlp_ratio,
         projection_dim=aligner_out,
         depth=_count(shapes, r"^aligner\.layers\.(\d+)\.weight$"),
-        num_image_tokens=(image_size // patch) ** 2,
-        use_qk_norm=any(".attn.q_norm." in k for k in shapes),
+        num_image_tokens=(shape.image_size // shape.patch_size) ** 2,
+        use_qk_norm=shape.qk_norm,
     )
 
 
@@ -442,18 +401,50 @@ class ConversionPlan:
 def plan_conversion(source: Path | str) -> ConversionPlan:
     """Read config, shapes and tokenizer ids of a DeepSeek checkpoint and check that every
     tensor the HF model needs is there (the error names missing keys)."""
+    require_janus_transformers()
     source = Path(source).expanduser()
     if not source.is_dir():
         raise ConversionError(f"checkpoint folder {source} does not exist")
     config = read_deepseek_config(source)
-    shards = deepseek_shards(source)
+    try:
+        shards = checkpoint_shards(source)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
     shapes: dict[str, tuple[int, ...]] = {}
     for shard in shards:
-        shapes.update(_shard_shapes(shard))
+        shapes.update(file_tensor_shapes(shard))
     special = _tokenizer_ids(source)
     hf_config = hf_config_from_deepseek(config, shapes, special.get("image"))
     check_complete(shapes, hf_config)
     return ConversionPlan(source, shards, shapes, hf_config, special)
+
+
+JANUS_TRANSFORMERS = (4, 52)  # the first transformers with JanusForConditionalGeneration
+
+
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return major, minor
+
+
+def require_janus_transformers() -> None:
+    """A one-line error where the installed transformers predates its Janus classes."""
+    import transformers
+
+    if _transformers_version() < JANUS_TRANSFORMERS:
+        raise ValueError(
+            f"Janus generation and conversion need transformers >= "
+            f"{'.'.join(map(str, JANUS_TRANSFORMERS))} (JanusForConditionalGeneration); "
+            f"this is {transformers.__version__}"
+        )
+
+
+def dtype_argument() -> str:
+    """transformers' name for a model's dtype (``from_pretrained`` argument and config
+    attribute): ``dtype`` from 4.56 on, ``torch_dtype`` before."""
+    return "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
 
 
 def known_token_id(tokenizer, text: str) -> int | None:
@@ -461,6 +452,20 @@ def known_token_id(tokenizer, text: str) -> int | None:
     value = tokenizer.convert_tokens_to_ids(text)
     unk = getattr(tokenizer, "unk_token_id", None)
     return None if value is None or (unk is not None and value == unk) else int(value)
+
+
+def cfg_pad_token_id(tokenizer, generation_config: Any = None) -> int | None:
+    """The id the unconditional CFG rows are padded with: DeepSeek's ``<｜▁pad▁｜>`` where the
+    vocabulary has it (DeepSeek pads with that token whatever the tokenizer's pad token is),
+    else the tokenizer's pad token, else the generation config's; ``None`` if none has one."""
+    for value in (
+        known_token_id(tokenizer, DEEPSEEK_PAD_TAG),
+        tokenizer.pad_token_id,
+        getattr(generation_config, "pad_token_id", None),
+    ):
+        if value is not None:
+            return int(value)
+    return None
 
 
 def _tokenizer_ids(folder: Path) -> dict[str, int | None]:
@@ -471,11 +476,10 @@ def _tokenizer_ids(folder: Path) -> dict[str, int | None]:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"cannot read the tokenizer in {folder} ({exc})") from None
-    pad = tokenizer.pad_token_id
     return {
         "bos": tokenizer.bos_token_id,
         "eos": tokenizer.eos_token_id,
-        "pad": known_token_id(tokenizer, DEEPSEEK_PAD_TAG) if pad is None else pad,
+        "pad": cfg_pad_token_id(tokenizer),
         "boi": known_token_id(tokenizer, IMAGE_START_TAG),
         "image": known_token_id(tokenizer, IMAGE_PLACEHOLDER_TAG),
     }
@@ -509,7 +513,7 @@ def _convert_shards(
         name = f"model-{number:05d}-of-{count:05d}.safetensors"
         converted: dict[str, torch.Tensor] = {}
         for key, tensor in load_state_dict_file(shard).items():
-            if key.startswith(VISION + "attn_pool."):
+            if key.startswith(VISION + ATTN_POOL_PREFIX):
                 aside[key[len(VISION) :]] = tensor.clone(memory_format=torch.contiguous_format)
             for new, value in convert_tensors(key, tensor).items():
                 cast = dtype if dtype is not None and value.is_floating_point() else value.dtype
@@ -556,7 +560,7 @@ def convert_checkpoint(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         if dtype is not None:
-            plan.hf_config.dtype = dtype
+            setattr(plan.hf_config, dtype_argument(), dtype)
         plan.hf_config.save_pretrained(work)
         _generation_config(plan.special).save_pretrained(work)
         for path in _tokenizer_files(plan.source):
@@ -577,7 +581,7 @@ def convert_checkpoint(
 
 def _tokenizer_files(folder: Path) -> Iterator[Path]:
     for path in sorted(folder.iterdir()):
-        if path.is_file() and TOKENIZER_FILES.match(path.name):
+        if path.is_file() and TOKENIZER_FILE_PATTERN.match(path.name):
             yield path
 
 

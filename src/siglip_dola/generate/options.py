@@ -16,16 +16,19 @@ from typing import Any
 
 import torch
 
+from siglip_dola.checkpoints import MARKER_FILE
+from siglip_dola.distributed import launcher_shard
 from siglip_dola.generate.backend import (
     ModelSource,
     check_deepseek,
     default_conversion_dir,
     resolve_model,
 )
-from siglip_dola.generate.convert import MARKER_FILE, ConversionPlan
+from siglip_dola.generate.convert import ConversionPlan, require_janus_transformers
 from siglip_dola.generate.prompts import load_negatives, load_prompts
 from siglip_dola.generate.sampling import SamplingConfig
 from siglip_dola.generate.select import SELECT_MODES
+from siglip_dola.settings import canonical_dtype, check_device, dtype_name
 from siglip_dola.settings import parse_dtype as torch_dtype_of
 
 __all__ = [
@@ -33,12 +36,11 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "GenerateOptions",
     "parse_batch_prompts",
-    "parse_device",
     "parse_dtype",
     "parse_shard",
 ]
 
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+SUPPORTED_DTYPES = ("bfloat16", "float16", "float32")  # what generation runs in
 PROMPT_FORMAT = "deepseek-t2i"  # names the prompt template + CFG recipe in the manifest
 LAYER_ARG = re.compile(r"^\s*(all|bucket:\d+|\d+(-\d+)?)(\s*,\s*(all|bucket:\d+|\d+(-\d+)?))*\s*$")
 
@@ -110,6 +112,7 @@ class GenerateOptions:
     @classmethod
     def from_args(cls, args: Any) -> GenerateOptions:
         """Validate parsed ``generate`` arguments; raises ``ValueError`` with one clear line."""
+        require_janus_transformers()
         prompts = load_prompts(args.json)
         _check_counts(args)
         sampling = SamplingConfig(
@@ -119,7 +122,7 @@ class GenerateOptions:
         )
         dtype = dtype_name(parse_dtype(args.dtype))
         shard = parse_shard(args.shard)
-        device = parse_device(args.device, distributed=shard[1] > 1 and args.shard is None)
+        device = check_device(args.device, local_rank=_launcher_local_rank(args.shard))
         out = Path(args.out).expanduser()
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file, not a folder")
@@ -218,57 +221,35 @@ def _check_model_spec(spec: str, flag: str) -> None:
 def parse_dtype(text: str) -> torch.dtype:
     """``--dtype``: bfloat16, float16 or float32 (or an alias such as bf16)."""
     try:
-        dtype = torch_dtype_of(text)
+        name = canonical_dtype(text)
     except ValueError:
-        dtype = None
-    if dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES)
-        raise ValueError(f"unknown dtype {text!r}; expected one of {names}")
-    return dtype
+        name = None
+    if name not in SUPPORTED_DTYPES:
+        raise ValueError(f"unknown dtype {text!r}; expected one of {', '.join(SUPPORTED_DTYPES)}")
+    return torch_dtype_of(name)
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``bfloat16`` for ``torch.bfloat16`` (the name settings and manifests record)."""
-    return str(dtype).removeprefix("torch.")
-
-
-def parse_device(text: str, distributed: bool = False) -> str:
-    """A usable torch device string; under torchrun, ``cuda`` becomes ``cuda:LOCAL_RANK``."""
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {text!r}; expected cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {text!r} requested but CUDA is not available here")
-        if device.index is None and distributed and "LOCAL_RANK" in os.environ:
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s) present"
-            )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"device {text!r} requested but MPS is not available here")
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {text!r}; expected cpu, cuda, cuda:N or mps")
-    return str(device)
+def _launcher_local_rank(shard_flag: str | None) -> int | None:
+    """LOCAL_RANK under torchrun / accelerate (a bare ``cuda`` then means this process's GPU);
+    ``None`` in a plain run or when ``--shard`` names the shard."""
+    if shard_flag is not None or launcher_shard()[1] <= 1 or "LOCAL_RANK" not in os.environ:
+        return None
+    return int(os.environ["LOCAL_RANK"])
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """``i/n`` (0-based) from ``--shard``, else RANK/WORLD_SIZE from torchrun, else 0/1."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    """``i/n`` (0-based) from ``--shard``, else RANK/WORLD_SIZE from torchrun / accelerate,
+    else 0/1. Shard i takes the i-th of n contiguous blocks of prompts."""
+    launcher = launcher_shard()
     if text is None:
-        if world > 1:
-            return int(os.environ.get("RANK", "0")), world
-        return 0, 1
+        return launcher
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match:
         raise ValueError(f"--shard {text!r} is not of the form i/n (for example 0/4)")
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1 or index >= count:
         raise ValueError(f"--shard {text}: need 0 <= i < n")
-    if world > 1 and (index, count) != (int(os.environ.get("RANK", "0")), world):
+    if launcher[1] > 1 and (index, count) != launcher:
         raise ValueError("--shard conflicts with torchrun's RANK/WORLD_SIZE; use one of them")
     return index, count
 

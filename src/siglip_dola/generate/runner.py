@@ -11,8 +11,10 @@ Every file is written to a temporary name and renamed into place, so an interrup
 leaves only whole files, and a prompt counts as finished only once its ``record.json``
 exists. A rerun skips finished prompts whose prompt text and settings match, refuses ones
 that differ unless ``--overwrite``, and redoes unfinished ones. Processes sharing ``DIR``
-(``--shard i/n`` or torchrun) take prompts ``i, i+n, ...`` and merge their manifest lines
-under a file lock.
+(``--shard i/n`` or torchrun) each take one contiguous block of the prompts (shard i the
+i-th of n, as :func:`siglip_dola.distributed.shard_positions` splits them) and merge their
+manifest lines under a file lock. Images depend only on (seed, prompt index, settings), so
+how the prompts are split changes no image.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from siglip_dola.distributed import shard_positions
 from siglip_dola.generate.backend import JanusBundle, load_janus
 from siglip_dola.generate.options import GenerateOptions
 from siglip_dola.generate.sampling import (
@@ -164,17 +167,12 @@ class RunPlan:
     finished: list[int]
 
 
-def shard_indices(count: int, shard: tuple[int, int]) -> list[int]:
-    index, total = shard
-    return list(range(index, count, total))
-
-
 def plan_prompts(opts: GenerateOptions) -> RunPlan:
     """Sort this shard's prompts into finished and to-do; refuse to replace different
     earlier results without ``--overwrite`` (checked before any model loads)."""
     settings = opts.settings()
     todo, finished = [], []
-    for index in shard_indices(len(opts.prompts), opts.shard):
+    for index in shard_positions(len(opts.prompts), opts.shard):
         folder = opts.out / prompt_dir_name(index, len(opts.prompts))
         record = read_record(folder)
         if record is None:

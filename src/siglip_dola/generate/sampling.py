@@ -17,6 +17,7 @@ Sampling uses the inverse CDF of the same distribution ``torch.multinomial`` dra
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,8 +87,12 @@ class ImageRow:
 
 
 def format_prompt(prompt: str) -> str:
-    """DeepSeek's text-to-image prompt (SFT format, empty system prompt) + image start tag."""
-    return f"{USER_TAG}: {prompt}\n\n{ASSISTANT_TAG}:{IMAGE_START_TAG}"
+    """DeepSeek's text-to-image prompt (SFT format, empty system prompt) + image start tag.
+
+    DeepSeek's template strips each message (``apply_sft_template_for_multi_turn_prompts``),
+    so ``"  A dog. \\n"`` gives the same prompt, hence the same image, as ``"A dog."``.
+    """
+    return f"{USER_TAG}: {prompt.strip()}\n\n{ASSISTANT_TAG}:{IMAGE_START_TAG}"
 
 
 def encode_prompt(tokenizer, prompt: str, special: SpecialTokens) -> tuple[int, ...]:
@@ -202,6 +207,39 @@ def _kv_cache(model, capacity: int):
         return None
 
 
+class _DecoderCall:
+    """One language-model step over a KV cache, in the argument names of the transformers at
+    hand: the cache goes in as ``cache`` (5.x) or ``past_key_values`` (4.x, deprecated in 5.x),
+    ``cache_position`` only where the model still takes it."""
+
+    def __init__(self, lm, cache, capacity: int, device: torch.device) -> None:
+        parameters = inspect.signature(lm.forward).parameters
+        self.lm = lm
+        self.cache = cache
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.positions = (
+            torch.arange(capacity, device=device) if "cache_position" in parameters else None
+        )
+
+    def __call__(
+        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Last hidden state [R, D] after feeding ``embeds`` [R, L, D] at cache slot ``start``."""
+        extra = {self.cache_argument: self.cache}
+        if self.positions is not None:
+            extra["cache_position"] = self.positions[start : start + embeds.shape[1]]
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **extra,
+        )
+        if self.cache is None:  # transformers made its own cache: keep it for the next step
+            self.cache = out[self.cache_argument]
+        return out.last_hidden_state[:, -1, :]
+
+
 @torch.no_grad()
 def generate_image_tokens(
     model,
@@ -238,19 +276,9 @@ def generate_image_tokens(
     tokens = torch.zeros((batch, steps), dtype=torch.long, device=device)
 
     embeds = model.get_input_embeddings()(ids)
-    cache = _kv_cache(model, length + steps)
-    cache_positions = torch.arange(length + steps, device=device)  # sliced, not rebuilt
-    out = lm(
-        inputs_embeds=embeds,
-        attention_mask=mask[:, :length],
-        position_ids=positions,
-        past_key_values=cache,
-        cache_position=cache_positions[:length],
-        use_cache=True,
-    )
-    cache = out.past_key_values
+    call = _DecoderCall(lm, _kv_cache(model, length + steps), length + steps, device)
+    hidden = call(embeds, mask[:, :length], positions, 0)
     for step in range(steps):
-        hidden = out.last_hidden_state[:, -1, :]
         logits = _mix(inner.generation_head(hidden).float(), batch, config)
         next_tokens = pick_tokens(logits, uniforms[:, step], config)
         tokens[:, step] = next_tokens
@@ -260,15 +288,7 @@ def generate_image_tokens(
             next_tokens = torch.cat([next_tokens, next_tokens])
         embeds = inner.generation_aligner(inner.generation_embeddings(next_tokens)).unsqueeze(1)
         positions = positions[:, -1:] + 1
-        out = lm(
-            inputs_embeds=embeds,
-            attention_mask=mask[:, : length + step + 1],
-            position_ids=positions,
-            past_key_values=cache,
-            cache_position=cache_positions[length + step : length + step + 1],
-            use_cache=True,
-        )
-        cache = out.past_key_values
+        hidden = call(embeds, mask[:, : length + step + 1], positions, length + step)
     return tokens
 
 

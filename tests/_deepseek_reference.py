@@ -2,17 +2,17 @@
 
 A faithful port of the loop in DeepSeek's ``generation_inference.py``: ``parallel_size``
 interleaved (conditional, unconditional) row pairs of one prompt, no padding, one random
-stream for every row (``torch.multinomial``). It is the yardstick for the equivalence tests
-and the benchmark; the runner uses :mod:`siglip_dola.generate.sampling` instead.
+stream for every row (``torch.multinomial``), transformers' own dynamic KV cache. It is the
+yardstick (a test oracle, not shipped) for the equivalence tests and
+``benchmarks/bench_generate.py``; the runner uses :mod:`siglip_dola.generate.sampling`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
-
-from siglip_dola.generate.sampling import image_token_count
 
 __all__ = ["reference_image_tokens"]
 
@@ -34,14 +34,18 @@ def reference_image_tokens(
     tokens = ids.repeat(parallel_size * 2, 1)
     tokens[1::2, 1:-1] = pad_id  # odd rows are unconditional: BOS + pads + <begin_of_image>
     inputs_embeds = model.get_input_embeddings()(tokens)
-    steps = image_token_count(model)
+    height, width = inner.vqmodel.quantize.quant_state_dims
+    steps = int(height) * int(width)
     generated = torch.zeros((parallel_size, steps), dtype=torch.long, device=device)
+    # DeepSeek passes past_key_values, which transformers 5.x renamed to cache.
+    parameters = inspect.signature(inner.language_model.forward).parameters
+    cache_name = "cache" if "cache" in parameters else "past_key_values"
     past = None
     for step in range(steps):
         out = inner.language_model(
-            inputs_embeds=inputs_embeds, use_cache=True, past_key_values=past
+            inputs_embeds=inputs_embeds, use_cache=True, **{cache_name: past}
         )
-        past = out.past_key_values
+        past = out[cache_name]
         logits = inner.generation_head(out.last_hidden_state[:, -1, :])
         cond, uncond = logits[0::2, :], logits[1::2, :]
         logits = uncond + cfg_weight * (cond - uncond)
