@@ -10,24 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from siglip_dola.cli import bench, calibrate, classify, demo, evaluate, layers, rerank
+from siglip_dola.cli import bench, calibrate, classify, demo, evaluate, generate, layers, rerank
 from siglip_dola.cli.options import UsageError
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES = (demo, evaluate, rerank, calibrate, classify, layers, bench)
+COMMAND_MODULES = (demo, evaluate, rerank, calibrate, classify, layers, bench, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from siglip_dola.generate import command as generate_command
-
     parser = argparse.ArgumentParser(
         prog="siglip-dola",
         description="DoLa (Decoding by Contrasting Layers) for SigLIP vision transformers: "
         "zero-shot classification and retrieval re-scoring, Janus-Pro batch generation.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (*COMMAND_MODULES, generate_command):
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

@@ -122,7 +122,9 @@ class GenerateOptions:
         )
         dtype = dtype_name(parse_dtype(args.dtype))
         shard = parse_shard(args.shard)
-        device = check_device(args.device, local_rank=_launcher_local_rank(args.shard))
+        device = check_device(
+            _auto_device(args.device), local_rank=_launcher_local_rank(args.shard)
+        )
         out = Path(args.out).expanduser()
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file, not a folder")
@@ -160,6 +162,13 @@ class GenerateOptions:
             quiet=bool(args.quiet),
             conversion=conversion,
         )
+
+
+def _auto_device(text: str) -> str:
+    """``auto``: CUDA where there is a GPU, else the CPU."""
+    if str(text).strip().lower() != "auto":
+        return text
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check_counts(args: Any) -> None:

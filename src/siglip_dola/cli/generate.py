@@ -1,12 +1,10 @@
-"""CLI wiring for `siglip-dola generate` and `siglip-dola janus-convert`."""
+"""`siglip-dola generate` (Janus-Pro batch text-to-image) and `siglip-dola janus-convert`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-import torch
 
 GENERATE_EPILOG = """\
 output: OUT/prompt_XXXX/img_YY.jpg (best first), prompt.txt, record.json, and
@@ -17,10 +15,6 @@ examples:
       --per-prompt 2 --select dola --scorer hf:google/siglip-large-patch16-384
   torchrun --nproc_per_node=4 -m siglip_dola generate --json prompts.json --out gen --model ...
 """
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _add_generate(subparsers: argparse._SubParsersAction) -> None:
@@ -80,8 +74,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--dtype", default="bfloat16", help="bfloat16 (default), float16 or float32")
     g.add_argument(
         "--device",
-        default=_default_device(),
-        help="cuda, cuda:N, cpu or mps (default: cuda if available)",
+        default="auto",
+        help="cuda, cuda:N, cpu, mps or auto (default auto: cuda if available, else cpu)",
     )
     g.add_argument(
         "--batch-prompts",
