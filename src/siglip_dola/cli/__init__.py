@@ -10,12 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from siglip_dola.cli import bench, calibrate, classify, demo, evaluate, generate, layers, rerank
+from siglip_dola.cli import (
+    bench,
+    calibrate,
+    classify,
+    demo,
+    evaluate,
+    generate,
+    layers,
+    rerank,
+    summary,
+)
 from siglip_dola.cli.options import UsageError
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES = (demo, evaluate, rerank, calibrate, classify, layers, bench, generate)
+COMMAND_MODULES = (demo, evaluate, rerank, summary, calibrate, classify, layers, bench, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the results' run metadata
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
