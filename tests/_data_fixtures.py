@@ -14,19 +14,26 @@ from PIL import Image
 
 from siglip_dola.data import BUNDLED_CLASS_NAMES, BUNDLED_TEMPLATES, load_dataset
 
-# Ten ImageNet WordNet ids standing in for the ten Fashion-MNIST classes (any ten would do).
+# Ten ImageNet WordNet ids standing in for the ten Fashion-MNIST classes, in ascending order
+# so that a folder of them lists its classes in the bundled order (classes 0, 100, ..., 900).
 WNIDS = (
-    "n03595614",  # jersey, T-shirt
-    "n04370456",  # sweatshirt
-    "n03980874",  # poncho
-    "n03450230",  # gown
-    "n03057021",  # coat (none: trench coat is n04479046)
-    "n04133789",  # sandal
-    "n04584207",  # wig
-    "n04120489",  # running shoe
-    "n02769748",  # backpack
-    "n03680355",  # Loafer
+    "n01440764",
+    "n01860187",
+    "n02097474",
+    "n02165105",
+    "n02669723",
+    "n03042490",
+    "n03532672",
+    "n03887697",
+    "n04243546",
+    "n04562935",
 )
+
+
+def folder_order(count: int) -> list[int]:
+    """The bundled positions in the order a class-folder fixture lists them (by class)."""
+    _, labels = bundled_images(count)
+    return sorted(range(count), key=lambda i: (int(labels[i]), i))
 
 
 def bundled_images(count: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -122,7 +122,7 @@ def _index_shard(
     captions: list[list[str]] = []
     keyed_labels: list[tuple[str, int]] = []
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path, "r:") as tar:  # clip_benchmark writes plain tar files
             for i, (key, members) in enumerate(_sample_members(tar)):
                 label, reason, texts = -1, None, []
                 if not any(k in members for k in IMAGE_KEYS):
