@@ -304,6 +304,19 @@ def test_dataset_wordnet_class_labels_and_bad_rows(tmp_path):
         data.image(2)
 
 
+def test_hub_id_without_a_network_is_one_line(monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="no local path, and the hub could not give it") as info:
+        load_dataset("datasets:someone/no-such-set", split="validation")
+    assert "\n" not in str(info.value) and "'validation'" in str(info.value)
+    with pytest.raises(ValueError, match=r"datasets:\./missing.parquet does not exist"):
+        load_dataset("datasets:./missing.parquet")
+
+
 # ----------------------------------------------------------------------------- Karpathy
 
 

@@ -81,6 +81,8 @@ def parse_data_spec(text: str, root: str | None = None) -> DataSpec:
     text = str(text).strip()
     if not text:
         raise ValueError("--dataset is empty")
+    if text == "bundled":
+        return DataSpec(text, "bundled", "fashion-mnist")
     scheme, sep, rest = text.partition(":")
     if not (sep and scheme in SCHEMES and rest):
         scheme, rest = "path", text

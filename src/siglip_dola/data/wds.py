@@ -252,7 +252,7 @@ class WebDatasetSource:
     def fingerprint(self) -> str:
         """Identifies the class names, the shards (path, size, mtime) and the pixel limit."""
         h = hashlib.sha256()
-        h.update(json.dumps([self.name, list(self.class_names), self.max_pixels]).encode())
+        h.update(json.dumps([list(self.class_names), self.max_pixels]).encode())
         for shard in self.shards:
             h.update(f"{shard.path}:{shard.size}:{shard.mtime_ns}".encode())
         return h.hexdigest()[:16]
