@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             args.dataset = [rerank.DEFAULT_DATASET]
         return rerank.run(args)
     from siglip_dola.distributed import process_group_from_env
-    from siglip_dola.report import model_pretrained
+    from siglip_dola.report import LANGUAGE, model_pretrained
     from siglip_dola.zeroshot import evaluate_dataset
 
     opts = EvalOptions.from_args(args)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "model": opts.model.spec,
         "pretrained": model_pretrained(opts.model.spec),
         "task": "zeroshot_classification",
-        "language": "en",
+        "language": LANGUAGE,
     }
     outputs = results_paths(
         opts.output.output, [s.name for s, _ in loaded], fields, opts.output.overwrite

@@ -11,7 +11,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -305,10 +305,7 @@ class DataOptions:
     def many_from_args(cls, args: argparse.Namespace) -> list[DataOptions]:
         """One options object per ``--dataset`` value."""
         first = cls.from_args(args)
-        return [first] + [
-            cls(d, *[getattr(first, f) for f in cls.__dataclass_fields__ if f != "dataset"])
-            for d in _datasets_of(args)[1:]
-        ]
+        return [first] + [replace(first, dataset=d) for d in _datasets_of(args)[1:]]
 
     def load(self, streaming: bool = False) -> tuple[Any, tuple[str, ...]]:
         """(the ``ImageSet`` - or with ``streaming`` possibly a ``WebDatasetSource`` -, its

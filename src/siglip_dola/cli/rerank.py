@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from siglip_dola.cli.options import report_skips, results_paths
     from siglip_dola.data import Skipped
     from siglip_dola.io import atomic_write_json
-    from siglip_dola.report import model_pretrained
+    from siglip_dola.report import LANGUAGE, model_pretrained
     from siglip_dola.retrieval import evaluate_retrieval
 
     opts = RerankOptions.from_args(args)
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "model": opts.model.spec,
         "pretrained": pretrained,
         "task": "zeroshot_retrieval",
-        "language": "en",
+        "language": LANGUAGE,
     }
     outputs = results_paths(
         opts.output.output, [d.name for d in datasets], fields, opts.output.overwrite

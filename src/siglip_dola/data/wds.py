@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,17 +86,83 @@ class ShardIndex:
     mtime_ns: int = 0
 
 
-def _sample_members(tar: tarfile.TarFile):
-    """(key, {suffix: TarInfo}) per sample, grouped as webdataset groups them: regular
-    files, consecutive names with the same base (the part before the first dot of the file
-    name), lower-case suffixes, metadata files and repeated suffixes left out."""
+_BLOCK = 512
+_REGULAR = (b"0", b"\0", b"7")  # regular-file member types (tarfile's isreg, less sparse)
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _checksum_ok(header: bytes) -> bool:
+    """The header's checksum field against its bytes (the field counted as spaces), unsigned
+    or, as some old tar programs wrote it, signed."""
+    stored, rest = _octal(header[148:156]), header[:148] + header[156:]
+    unsigned = sum(rest) + 256
+    return stored == unsigned or stored == unsigned - 256 * sum(b > 127 for b in rest)
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header ("<length> path=<name>\n" records)."""
+    while data:
+        length = int(data.split(b" ", 1)[0])
+        record, data = data[:length], data[length:]
+        key, _, value = record.split(b" ", 1)[1].partition(b"=")
+        if key == b"path":
+            return value[:-1].decode("utf-8", "surrogateescape")
+    return None
+
+
+def _tar_members(f, total: int):
+    """(name, data offset, size) of each regular member of an uncompressed tar file, from its
+    512-byte headers only (ustar names with prefix, pax ``path`` records, GNU long names);
+    the members' data is skipped, not read. Raises ``ValueError`` for a damaged or cut-short
+    archive (every tar writer ends an archive with zero blocks)."""
+    long_name: str | None = None
+    while True:
+        at = f.tell()
+        header = f.read(_BLOCK)
+        if header == b"\0" * _BLOCK:
+            return  # the end-of-archive blocks
+        if len(header) < _BLOCK:
+            where = "without its end-of-archive blocks" if not header else "inside a header"
+            raise ValueError(f"the archive ends {where} at byte {at} (cut short?)")
+        if not _checksum_ok(header):
+            raise ValueError(f"invalid header at byte {at} (checksum)")
+        size, kind = _octal(header[124:136]), header[156:157]
+        start = at + _BLOCK
+        end = start + (size + _BLOCK - 1) // _BLOCK * _BLOCK
+        if start + size > total:
+            raise ValueError(f"the archive ends inside a member's data at byte {total}")
+        if kind in (b"x", b"L"):
+            data = f.read(size)
+            long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode(
+                "utf-8", "surrogateescape"
+            )
+        elif kind in _REGULAR:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
+            yield (long_name or name), start, size
+            long_name = None
+        else:
+            long_name = None if kind != b"g" else long_name
+        f.seek(end)
+
+
+def _sample_members(f, total: int):
+    """(key, {suffix: (offset, size)}) per sample, grouped as webdataset groups them:
+    consecutive regular files with the same base (the file name up to its first dot),
+    lower-case suffixes, metadata files and repeated suffixes left out."""
     from webdataset.tariterators import base_plus_ext, meta_prefix, meta_suffix
 
     key, members = None, {}
-    while (info := tar.next()) is not None:
-        tar.members = []  # keep memory flat: tarfile would keep every header
-        name = info.name
-        if not info.isreg() or _SKIP_META.match(name):
+    for name, offset, size in _tar_members(f, total):
+        if _SKIP_META.match(name):
             continue
         if "/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix):
             continue
@@ -108,9 +173,15 @@ def _sample_members(tar: tarfile.TarFile):
             if key is not None:
                 yield key, members
             key, members = prefix, {}
-        members.setdefault(suffix.lower(), info)
+        members.setdefault(suffix.lower(), (offset, size))
     if key is not None:
         yield key, members
+
+
+def _member_text(f, member: tuple[int, int]) -> str:
+    offset, size = member
+    f.seek(offset)
+    return f.read(size).decode("utf-8", "replace")
 
 
 def _index_shard(
@@ -121,9 +192,10 @@ def _index_shard(
     skips: dict[int, str] = {}
     captions: list[list[str]] = []
     keyed_labels: list[tuple[str, int]] = []
+    stat = path.stat()
     try:
-        with tarfile.open(path, "r:") as tar:  # clip_benchmark writes plain tar files
-            for i, (key, members) in enumerate(_sample_members(tar)):
+        with path.open("rb") as f:
+            for i, (key, members) in enumerate(_sample_members(f, stat.st_size)):
                 label, reason, texts = -1, None, []
                 if not any(k in members for k in IMAGE_KEYS):
                     reason = f"no image ({', '.join(IMAGE_KEYS)} member)"
@@ -131,7 +203,7 @@ def _index_shard(
                     if "txt" not in members:
                         reason = "no captions (txt member)"
                     else:
-                        text = tar.extractfile(members["txt"]).read().decode("utf-8", "replace")
+                        text = _member_text(f, members["txt"])
                         texts = [line.strip() for line in text.splitlines() if line.strip()]
                         if texts:
                             label = 0
@@ -140,21 +212,19 @@ def _index_shard(
                 elif "cls" not in members:
                     reason = "no label (cls member)"
                 else:
-                    text = tar.extractfile(members["cls"]).read().decode("utf-8", "replace")
-                    if text.strip().isdigit():
-                        label = int(text.strip())
+                    text = _member_text(f, members["cls"]).strip()
+                    if text.isdigit():
+                        label = int(text)
                         keyed_labels.append((key, label))
                     else:
-                        reason = f"label {text.strip()[:20]!r} in cls is not a class index"
+                        reason = f"label {text[:20]!r} in cls is not a class index"
                 labels.append(label)
                 captions.append(texts)
                 if reason is not None:
                     skips[i] = f"{reason} (sample {key})"
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ValueError(
-            f"{path} is not a readable tar file ({type(exc).__name__}: {exc})"
-        ) from None
-    stat = path.stat()
+    except (ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{path} is not a readable tar file ({reason})") from None
     index = ShardIndex(
         number,
         path,
