@@ -175,9 +175,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from siglip_dola.generate.backend import quiet_transformers
     from siglip_dola.generate.convert import convert_checkpoint
     from siglip_dola.generate.options import parse_dtype
+    from siglip_dola.hub import quiet_transformers
 
     dtype = parse_dtype(args.dtype) if args.dtype else None
     log = _log(args.quiet)

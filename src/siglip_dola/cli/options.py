@@ -89,10 +89,16 @@ class ModelOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
+        from siglip_dola.models import parse_spec
+
         spec = str(args.model).strip()
         if not spec:
             raise UsageError("--model is empty")
-        return cls(spec, args.text_model, args.head_from, bool(args.trust_remote_code))
+        opts = cls(spec, args.text_model, args.head_from, bool(args.trust_remote_code))
+        parse_spec(opts.resolved_spec)  # syntax and local paths, before anything loads
+        if opts.text_spec is not None:
+            parse_spec(opts.text_spec)
+        return opts
 
     @property
     def resolved_spec(self) -> str:
@@ -114,6 +120,7 @@ class ModelOptions:
             dtype=settings.torch_dtype,
             trust_remote_code=self.trust_remote_code,
             head_from=self.head_from,
+            progress=settings.progress,
         )
 
 
