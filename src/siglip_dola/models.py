@@ -21,6 +21,7 @@ their text tower from ``text_spec``. Nothing runs pickled code: safetensors firs
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,11 @@ import torch
 from torch import nn
 
 from siglip_dola.checkpoints import (
+    HF_VISION_PREFIX,
+    INDEX_FILES,
+    JANUS_VISION_PREFIX,
     SAFE_WEIGHT_SUFFIXES,
+    file_tensor_shapes,
     janus_format,
     load_state_dict_file,
     load_weights_strict,
@@ -41,7 +46,16 @@ from siglip_dola.hub import OFFLINE_HINT, offline_unless_reachable, quiet_transf
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
 from siglip_dola.settings import parse_dtype
 
-__all__ = ["SCHEMES", "ModelSpec", "detect_scheme", "load_model", "load_towers", "parse_spec"]
+__all__ = [
+    "SCHEMES",
+    "ModelSpec",
+    "detect_scheme",
+    "load_model",
+    "load_towers",
+    "needs_hub",
+    "parse_spec",
+    "peek_depth",
+]
 
 SCHEMES = ("hf", "open_clip", "timm", "janus")
 HF_SIGLIP_TYPES = ("siglip", "siglip2", "siglip_vision_model", "siglip2_vision_model")
@@ -139,6 +153,56 @@ def _existing(path_text: str, what: str) -> Path:
     if not path.exists():
         raise ValueError(f"{what} {path} does not exist")
     return path
+
+
+def peek_depth(spec: str) -> int | None:
+    """The number of layers N of the image tower a spec names, read from its config or its
+    checkpoint's tensor names without loading weights; ``None`` where only loading tells
+    (timm and open_clip names, hub ids not in the local cache)."""
+    parsed = parse_spec(spec)
+    if parsed.scheme == "hf":
+        folder = Path(parsed.target).expanduser()
+        config_path = folder / "config.json" if folder.is_dir() else _cached_hub_file(parsed)
+        if config_path is None or not Path(config_path).is_file():
+            return None
+        config = read_config(Path(config_path).parent)
+        vision = config.get("vision_config", config) if isinstance(config, dict) else {}
+        layers = vision.get("num_hidden_layers") if isinstance(vision, dict) else None
+        return int(layers) if isinstance(layers, int) else None
+    if parsed.scheme == "janus":
+        folder = Path(parsed.target).expanduser()
+        if not folder.is_dir():
+            return None
+        names = _checkpoint_tensor_names(folder)
+        blocks = {int(m.group(1)) for n in names if (m := _JANUS_BLOCK.match(n))}
+        return max(blocks) + 1 if blocks else None
+    return None
+
+
+_JANUS_BLOCK = re.compile(
+    rf"^(?:{re.escape(JANUS_VISION_PREFIX)}blocks|{re.escape(HF_VISION_PREFIX)}encoder\.layers)\.(\d+)\."
+)
+
+
+def _cached_hub_file(spec: ModelSpec, name: str = "config.json") -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    found = try_to_load_from_cache(spec.target, name)
+    return found if isinstance(found, str) else None
+
+
+def _checkpoint_tensor_names(folder: Path) -> list[str]:
+    """Tensor names of a checkpoint folder from its index json or safetensors headers."""
+    for index_name in INDEX_FILES:
+        if (folder / index_name).is_file():
+            content = read_json(folder / index_name)
+            return list((content or {}).get("weight_map") or {})
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return list(file_tensor_shapes(single))
+    return []
 
 
 # ----------------------------------------------------------------------------- entry point
