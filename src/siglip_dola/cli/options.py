@@ -38,6 +38,7 @@ __all__ = [
     "parse_tau",
     "report_skips",
     "run_settings_from_args",
+    "warn",
 ]
 
 BUNDLED_MODEL = "bundled"
@@ -301,16 +302,20 @@ def add_dola_choice_options(p: argparse.ArgumentParser, title: str = "DoLa") -> 
     g.add_argument(
         "--static-layer", type=int, default=None, help="static mode with this contrast layer"
     )
-    g.add_argument("--alpha", type=float, default=0.1, help="APC alpha (default 0.1)")
+    g.add_argument("--alpha", type=float, default=None, help="APC alpha (default 0.1)")
     g.add_argument(
-        "--profile", type=Path, default=None, help="calibration profile (mode, layers, alpha)"
+        "--profile",
+        type=Path,
+        default=None,
+        help="calibration profile: sets mode, layers, alpha (and, for classify, the templates); "
+        "cannot be combined with --layers, --static-layer or --alpha",
     )
 
 
 @dataclass(frozen=True)
 class DolaChoice:
-    """One DoLa variant as the flags describe it; layer lists are checked once the model's
-    depth is known (:meth:`variant`)."""
+    """One DoLa variant as the flags describe it: explicit flags or a calibration profile,
+    never both. Layer lists are checked once the model's depth is known (:meth:`variant`)."""
 
     layers: str | None = None
     static_layer: int | None = None
@@ -322,7 +327,22 @@ class DolaChoice:
     def from_args(cls, args: argparse.Namespace) -> DolaChoice:
         from siglip_dola.calibrate import load_profile
 
-        alpha = parse_alphas(str(args.alpha), "--alpha")[0]
+        given = [
+            flag
+            for flag, value in (
+                ("--layers", args.layers),
+                ("--static-layer", args.static_layer),
+                ("--alpha", args.alpha),
+            )
+            if value is not None
+        ]
+        if args.profile and given:
+            raise UsageError(
+                f"--profile sets the DoLa variant; it cannot be combined with {', '.join(given)}"
+            )
+        if args.layers is not None and args.static_layer is not None:
+            raise UsageError("pass either --layers (dynamic) or --static-layer (static), not both")
+        alpha = 0.1 if args.alpha is None else parse_alphas(str(args.alpha), "--alpha")[0]
         profile = load_profile(args.profile) if args.profile else None
         return cls(args.layers, args.static_layer, alpha, profile, args.profile)
 
@@ -343,6 +363,26 @@ class DolaChoice:
             static_layer=self.static_layer,
             alpha=self.alpha,
         )
+
+    def check(self, model: ModelOptions) -> None:
+        """Before the model loads: layer numbers against its depth where its config tells,
+        and a warning when the profile was made for another model."""
+        from siglip_dola.models import peek_depth
+
+        depth = peek_depth(model.resolved_spec)
+        if depth is not None:
+            self.variant(depth)
+        made_for = (self.profile or {}).get("model")
+        if made_for and made_for not in (model.spec, model.resolved_spec):
+            warn(
+                f"profile {self.profile_path} was calibrated for {made_for}, not {model.spec}; "
+                "its layers and alpha may not suit this model"
+            )
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr (the run goes on)."""
+    print(f"siglip-dola: warning: {message}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- outputs
