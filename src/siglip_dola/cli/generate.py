@@ -179,7 +179,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from siglip_dola.generate.options import parse_dtype
     from siglip_dola.hub import quiet_transformers
 
+    from siglip_dola.io import check_output_folder
+
     dtype = parse_dtype(args.dtype) if args.dtype else None
+    check_output_folder(args.dst)  # writable, before a minutes-long conversion starts
     log = _log(args.quiet)
 
     def on_shard(path: Path) -> None:
