@@ -178,7 +178,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from siglip_dola.generate.convert import convert_checkpoint
     from siglip_dola.generate.options import parse_dtype
     from siglip_dola.hub import quiet_transformers
-
     from siglip_dola.io import check_output_folder
 
     dtype = parse_dtype(args.dtype) if args.dtype else None
