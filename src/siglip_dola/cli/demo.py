@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from siglip_dola.io import atomic_write_json
     from siglip_dola.report import format_table, plot_layers
     from siglip_dola.variants import default_variants
+    from siglip_dola.zeroshot import BOOTSTRAP
 
     opts = DemoOptions.from_args(args)
     model = ModelOptions(BUNDLED_MODEL).load(opts.settings)
@@ -86,9 +87,14 @@ def run(args: argparse.Namespace) -> int:
     print(
         format_table(
             experiment.shown(),
-            title=f"test split ({len(test_ids)} images; the static layer shown is the best "
-            "on validation)",
+            title=f"test split ({len(test_ids)} images; the static, single-layer, ensemble and "
+            "b= rows shown are the best on validation)",
         )
+    )
+    print(
+        f"d acc1 vs baseline in points; 95% CI: paired bootstrap over the test images "
+        f"({BOOTSTRAP.resamples} resamples, seed {BOOTSTRAP.seed}); fixed / broken: images the "
+        "variant gets right / wrong that the baseline gets wrong / right"
     )
     print(experiment.decision())
     on_test = experiment.validation_best_on_test()
