@@ -137,9 +137,12 @@ def main() -> None:
     for grid_name, variants in (
         (
             "82 variants (no references)",
-            default_variants(depth, 3, (0.05, 0.1, 0.2), None, references=False),
+            default_variants(depth, 3, (0.05, 0.1, 0.2), None),
         ),
-        ("126 variants (with references)", default_variants(depth, 3, (0.05, 0.1, 0.2), None)),
+        (
+            "126 variants (with references)",
+            default_variants(depth, 3, (0.05, 0.1, 0.2), None, references=True),
+        ),
     ):
         trial = bundled_trial(np.random.default_rng(2), n, emb, evaluation, variants)
         start = time.perf_counter()

@@ -278,7 +278,7 @@ def test_calibration_on_real_scores(one_thread):
     gen = torch.Generator().manual_seed(1)
     scores = torch.randn(6, 200, 5, generator=gen) * 3
     labels = torch.randint(0, 5, (200,), generator=gen).numpy()
-    variants = default_variants(6, 3, (0.05, 0.5), None)
+    variants = default_variants(6, 3, (0.05, 0.5), None, references=True)
     results, _ = evaluate_variants(scores, range(1, 7), labels, variants, bootstrap=None)
     for procedure in (SPLIT, HOLM):
         profile = build_profile(

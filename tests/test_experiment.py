@@ -24,7 +24,7 @@ def _split(seed: int, n: int):
 
 
 def _experiment(procedure: CalibrationProcedure) -> SplitExperiment:
-    variants = default_variants(8, 3, (0.1, 0.2), None)
+    variants = default_variants(8, 3, (0.1, 0.2), None, references=True)
     val_scores, val_labels = _split(0, 240)
     test_scores, test_labels = _split(1, 400)
     val, _ = evaluate_variants(val_scores, LAYERS, val_labels, variants)
@@ -94,7 +94,9 @@ def test_verdict_lines_name_sizes_flips_and_p_value():
     assert f"McNemar p = {format_p_value(confirm['mcnemar_p_value'])} -> yes" in text
     assert format_p_value(0.734) == "0.73" and format_p_value(0.00123) == "0.0012"
     holm = _experiment(CalibrationProcedure("holm")).decision()
-    tested = len(default_variants(8, 3, (0.1, 0.2), None)) - 1  # every variant but the baseline
+    tested = (
+        len(default_variants(8, 3, (0.1, 0.2), None, references=True)) - 1
+    )  # every variant but the baseline
     assert f"Holm-Bonferroni over {tested} variants" in holm
     on_test = exp.validation_best_on_test()
     assert on_test.startswith("the candidate ensemble [6-8]+N on the test split: ")

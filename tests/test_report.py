@@ -27,7 +27,9 @@ def evaluated():
     scores = torch.stack(
         [0.4 * k * signal + torch.randn(n, classes, generator=gen) for k in range(1, 9)]
     )
-    variants = default_variants(8, 3, (0.1, 0.3), None) + [Variant.static(3, 0.1, 0.5)]
+    variants = default_variants(8, 3, (0.1, 0.3), None, references=True) + [
+        Variant.static(3, 0.1, 0.5)
+    ]
     results, per_layer = evaluate_variants(scores, LAYERS, labels, variants)
     return results, per_layer, labels
 

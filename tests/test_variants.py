@@ -32,7 +32,9 @@ def _scores(seed: int, n: int = 40, classes: int = 6) -> tuple[torch.Tensor, tor
 def _every_kind() -> list[Variant]:
     """The default grid with its references, plus static contrasts of strength beta != 1
     (not in the default grid) and a beta above 1."""
-    variants = default_variants(8, 3, (0.0, 0.1, 0.6), None, apc=True, betas=(0.0, 0.5))
+    variants = default_variants(
+        8, 3, (0.0, 0.1, 0.6), None, apc=True, references=True, betas=(0.0, 0.5)
+    )
     variants += [Variant.static(3, 0.1, 0.5), Variant.static(6, 0.6, 2.0)]
     variants += [Variant.dynamic((2, 4), 0.2, beta=1.5), Variant.ensemble((7,))]
     return variants
@@ -206,7 +208,7 @@ def test_from_profile_round_trips(variant):
 
 def test_grid_builds_the_default_variants():
     grid = VariantGrid(3, (0.05, 0.1), "all", apc=True)
-    assert grid.variants(24) == default_variants(24, 3, (0.05, 0.1), None, apc=True)
+    assert grid.variants(24) == default_variants(24, 3, (0.05, 0.1), None, references=True)
     with_refs = grid.variants(24)
     plain = VariantGrid(3, (0.05, 0.1), "all", apc=True, references=False).variants(24)
     assert with_refs[: len(plain)] == plain  # the references come after, in their own order

@@ -373,11 +373,12 @@ def default_variants(
     alphas: Sequence[float] = (0.1,),
     static_layers: Sequence[int] | None = (),
     apc: bool = True,
-    references: bool = True,
+    references: bool = False,
     betas: Sequence[float] = DEFAULT_BETAS,
 ) -> list[Variant]:
     """Baseline, dynamic per bucket, static per layer (``None``: every layer 1..N-1) and
-    APC-only, each over ``alphas``; then, with ``references``, :func:`reference_variants`."""
+    APC-only, each over ``alphas``; then, with ``references``, :func:`reference_variants`
+    (:class:`VariantGrid`, the command line's grid, includes them by default)."""
     variants = [Variant.baseline()]
     if static_layers is None:
         statics: Sequence[int] = range(1, depth)
