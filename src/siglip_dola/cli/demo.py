@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     model = ModelOptions(BUNDLED_MODEL).load(opts.settings)
     data = load_dataset("bundled:fashion-mnist")
     depth = model.vision.depth
-    variants = default_variants(depth, 3, ALPHAS, None, apc=True)
+    variants = default_variants(depth, 3, ALPHAS, None, apc=True, references=True)
     val_ids, test_ids = data.split_indices(opts.val_fraction, seed=opts.seed)
     print(
         f"bundled demo: SigLIP ({depth} vision layers) trained on Fashion-MNIST; "
@@ -92,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"d acc1 vs baseline in points; 95% CI: paired bootstrap over the test images "
-        f"({BOOTSTRAP.resamples} resamples, seed {BOOTSTRAP.seed}); fixed / broken: images the "
-        "variant gets right / wrong that the baseline gets wrong / right"
+        f"d acc1 and its 95% CI: change against the baseline in points (paired bootstrap over "
+        f"the test images, {BOOTSTRAP.resamples} resamples, seed {BOOTSTRAP.seed});\n"
+        "fixed / broken: images the variant gets right / wrong that the baseline gets wrong / "
+        "right"
     )
     print(experiment.decision())
     on_test = experiment.validation_best_on_test()
