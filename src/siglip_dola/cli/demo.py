@@ -59,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     from siglip_dola.io import atomic_write_json
     from siglip_dola.report import format_table, plot_layers
     from siglip_dola.variants import default_variants
+    from siglip_dola.zeroshot import BOOTSTRAP
 
     opts = DemoOptions.from_args(args)
     model = ModelOptions(BUNDLED_MODEL).load(opts.settings)
     data = load_dataset("bundled:fashion-mnist")
     depth = model.vision.depth
-    variants = default_variants(depth, 3, ALPHAS, None, apc=True)
+    variants = default_variants(depth, 3, ALPHAS, None, apc=True, references=True)
     val_ids, test_ids = data.split_indices(opts.val_fraction, seed=opts.seed)
     print(
         f"bundled demo: SigLIP ({depth} vision layers) trained on Fashion-MNIST; "
@@ -86,9 +87,15 @@ def run(args: argparse.Namespace) -> int:
     print(
         format_table(
             experiment.shown(),
-            title=f"test split ({len(test_ids)} images; the static layer shown is the best "
-            "on validation)",
+            title=f"test split ({len(test_ids)} images; the static, single-layer, ensemble and "
+            "b= rows shown are the best on validation)",
         )
+    )
+    print(
+        f"d acc1 and its 95% CI: change against the baseline in points (paired bootstrap over "
+        f"the test images, {BOOTSTRAP.resamples} resamples, seed {BOOTSTRAP.seed});\n"
+        "fixed / broken: images the variant gets right / wrong that the baseline gets wrong / "
+        "right"
     )
     print(experiment.decision())
     on_test = experiment.validation_best_on_test()

@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
             f"tau={evaluation.tau:.4g}, {ctx.world_size} process(es)",
         )
     )
+    print(
+        "d acc1: change against the baseline in points, 95% CI its paired bootstrap interval "
+        "over the images; fixed / broken: right / wrong where the baseline is wrong / right"
+    )
     report_skips(evaluation.skipped)
     results = classification_results(
         dataset=opts.data.dataset,
