@@ -77,15 +77,6 @@ def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _project_in_chunks(pooling: MapPooling, mixed: torch.Tensor, rows: int) -> torch.Tensor:
-    # Chunks of at most B * T rows keep the head's temporaries no larger than a block's own, so
-    # they reuse memory the blocks just freed; larger ones would be fresh pages, and first
-    # writes to fresh pages (page faults) cost more than the head's arithmetic here.
-    if len(mixed) <= rows:
-        return pooling.project(mixed)
-    return torch.cat([pooling.project(part) for part in mixed.split(rows)])
-
-
 def _encoder_attention_mask(
     vision: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None
 ) -> Any:
@@ -191,8 +182,8 @@ class HFSiglipReadout:
                 tokens = self.vision.post_layernorm(hidden)
                 pooling.mix(tokens, patch_mask, out=mixed[slot[index]])
         if pooling is not None:
-            pooled = _project_in_chunks(
-                pooling, mixed.flatten(0, 1), hidden.shape[0] * hidden.shape[1]
+            pooled = pooling.project_in_chunks(
+                mixed.flatten(0, 1), hidden.shape[0] * hidden.shape[1]
             )
         else:
             stacked = self.vision.post_layernorm(torch.cat(kept))  # [L * B, T, width]
