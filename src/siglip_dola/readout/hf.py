@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from siglip_dola.readout._common import (
+    compile_blocks,
     move_batch,
     parameter_device_dtype,
     resolve_layers,
@@ -30,6 +31,7 @@ from siglip_dola.readout._common import (
 )
 from siglip_dola.readout.attention_pool import MapPooling, supports_fused_map_pool
 from siglip_dola.readout.base import Batch, LayerEmbeddings, Sample, collate_samples
+from siglip_dola.readout.pixels import Uint8Pixels, ramp_image
 
 __all__ = [
     "HFImageTransform",
@@ -106,6 +108,37 @@ class HFImageTransform:
     def __call__(self, image: Image.Image) -> Sample:
         out = self.processor(images=[image], return_tensors="pt")
         return {key: out[key][0] for key in VISION_INPUTS if key in out}
+
+    def uint8_split(self) -> Uint8Pixels | None:
+        """The processor's resize in the workers as uint8, its rescale and normalisation as a
+        lookup table on the device (see :mod:`~siglip_dola.readout.pixels`); ``None`` where
+        the output is more than pixels (SigLIP2's patches and mask) or the split would change
+        a pixel."""
+        image = ramp_image()
+        if set(self(image)) != {"pixel_values"}:
+            return None
+        try:
+            ramp = self.processor(images=[image], do_resize=False, return_tensors="pt")
+        except (TypeError, ValueError):
+            return None
+        return Uint8Pixels.verified(
+            _ProcessorGeometry(self.processor),
+            ramp["pixel_values"][0],
+            lambda image: self(image)["pixel_values"],
+        )
+
+
+class _ProcessorGeometry:
+    """The processor without its rescale and normalisation: resized 8-bit pixels [3, H, W]."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        out = self.processor(
+            images=[image], do_rescale=False, do_normalize=False, return_tensors="pt"
+        )
+        return torch.as_tensor(out["pixel_values"][0])
 
 
 class HFSiglipReadout:
@@ -202,6 +235,12 @@ class HFSiglipReadout:
     def to(self, device: Any = None, dtype: Any = None) -> HFSiglipReadout:
         self.vision.to(device=device, dtype=dtype)
         self._fingerprint = None
+        return self
+
+    def compile(self) -> HFSiglipReadout:
+        """The encoder layers through ``torch.compile`` (in place; the library's own forward
+        uses them too); returns self."""
+        compile_blocks(self.blocks)
         return self
 
     def _inputs(self, batch: Batch) -> Batch:

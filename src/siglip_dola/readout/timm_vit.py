@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from siglip_dola.readout._common import (
+    compile_blocks,
     move_batch,
     parameter_device_dtype,
     resolve_layers,
@@ -37,6 +38,7 @@ from siglip_dola.readout._common import (
 )
 from siglip_dola.readout.attention_pool import LatentPooling, supports_fused_latent_pool
 from siglip_dola.readout.base import Batch, LayerEmbeddings, Sample, collate_samples
+from siglip_dola.readout.pixels import Uint8Pixels, split_torchvision
 
 __all__ = ["PixelTransform", "TimmViTReadout", "supports_fused_readout", "timm_transform"]
 
@@ -51,6 +53,12 @@ class PixelTransform:
 
     def __call__(self, image: Image.Image) -> Sample:
         return {"pixel_values": self.transform(image)}
+
+    def uint8_split(self) -> Uint8Pixels | None:
+        """The transform as uint8 pixels + a device lookup table, where it splits so exactly
+        (see :mod:`~siglip_dola.readout.pixels`); ``None`` otherwise."""
+        own = getattr(self.transform, "uint8_split", None)  # e.g. Janus's transform
+        return own() if own is not None else split_torchvision(self.transform)
 
 
 class TimmViTReadout:
@@ -183,6 +191,12 @@ class TimmViTReadout:
         for module in self._modules():
             module.to(device=device, dtype=dtype)
         self._fingerprint = None
+        return self
+
+    def compile(self) -> TimmViTReadout:
+        """The tower's blocks through ``torch.compile`` (in place; the method pair and the
+        model's own forward use them too); returns self."""
+        compile_blocks(self.model.blocks)
         return self
 
     # ------------------------------------------------------------------------- internals
