@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from siglip_dola.settings import COMPUTE_DTYPES, RunSettings, default_cache_dir
+from siglip_dola.settings import COMPUTE_DTYPES, RunSettings, default_cache_dir, default_workers
 
 if TYPE_CHECKING:  # pragma: no cover
     from siglip_dola.variants import VariantGrid
@@ -143,7 +143,18 @@ def add_run_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
         help=f"images per forward pass (default {batch_size})",
     )
     g.add_argument(
-        "--workers", type=int, default=0, help="image decoding worker processes (default 0)"
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that decode and preprocess images while the model runs; 0 = in this "
+        f"process (default here: {default_workers()}, the CPUs this process may use less one, "
+        "shared among data-parallel processes, at most 16)",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image tower's blocks (faster on GPUs once compiled; the first "
+        "batches wait for the compiler)",
     )
     g.add_argument(
         "--cache-dir",
@@ -162,11 +173,12 @@ def run_settings_from_args(args: argparse.Namespace) -> RunSettings:
     try:
         return RunSettings(
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=default_workers() if args.workers is None else args.workers,
             device=args.device,
             dtype=args.dtype,
             cache_dir=cache,
             progress=not args.quiet,
+            compile=bool(args.compile),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(_flag_message(str(exc))) from None
