@@ -19,6 +19,7 @@ __all__ = [
     "classification_results",
     "format_table",
     "plot_layers",
+    "plot_retrieval",
     "summary_rows",
     "write_predictions",
 ]
@@ -150,6 +151,14 @@ def write_predictions(path: Path | str, predictions: Predictions, model: str) ->
             ]
         )
     return atomic_write_text(path, buffer.getvalue())
+
+
+LAYER_PLOTS = (
+    "per_layer_accuracy.png",
+    "chosen_layers.png",
+    "kept_set_sizes.png",
+    "flips_per_static_layer.png",
+)  # what plot_layers may write, checked for earlier copies before a run starts
 
 
 def plot_layers(
@@ -300,4 +309,51 @@ def plot_layers(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         save(fig, "flips_per_static_layer.png")
+    return written
+
+
+RETRIEVAL_PLOTS = ("retrieval_recall.png", "retrieval_chosen_layers.png")
+
+
+def plot_retrieval(out_dir: Path | str, results: dict[str, Any], title: str = "") -> list[Path]:
+    """PNGs of a retrieval result (:func:`siglip_dola.retrieval.evaluate_retrieval`): recall@k
+    of the baseline and of DoLa in both directions, and the contrast layers DoLa chose (image
+    -> text; dynamic mode only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+
+    def save(fig, name: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(atomic_write_bytes(out_dir / name, buffer.getvalue()))
+
+    keys = list(results["metrics"])
+    baseline = [100 * results["metrics"][k] for k in keys]
+    dola = [100 * results["dola"]["metrics"][k] for k in keys]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    positions = range(len(keys))
+    ax.bar([x - 0.2 for x in positions], baseline, width=0.4, label="baseline")
+    ax.bar([x + 0.2 for x in positions], dola, width=0.4, label=f"DoLa ({results['dola']['mode']})")
+    ax.set_xticks(list(positions))
+    ax.set_xticklabels([k.replace("_retrieval_recall@", " R@") for k in keys], fontsize=8)
+    ax.set(ylabel="recall (%)", title=title or "Retrieval recall@k")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    save(fig, RETRIEVAL_PLOTS[0])
+    histogram = results["dola"].get("chosen_layer_histogram") or {}
+    if results["dola"]["mode"] == "dynamic" and histogram:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        ax.bar([int(k) for k in histogram], list(histogram.values()), width=0.8)
+        ax.set(
+            xlabel="contrast layer M chosen (argmax JSD)",
+            ylabel="images",
+            title="Retrieval, image -> text: chosen-layer histogram",
+        )
+        save(fig, RETRIEVAL_PLOTS[1])
     return written

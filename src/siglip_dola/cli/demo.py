@@ -43,9 +43,12 @@ class DemoOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
+        from siglip_dola.io import check_output_folder
+
         out = args.out or Path("results") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
+        if out.exists() and out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise UsageError(f"{out} already holds results; pass --overwrite or another --out")
+        check_output_folder(out)
         if not 0.0 < args.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
         return cls(out, args.val_fraction, args.seed, run_settings_from_args(args))

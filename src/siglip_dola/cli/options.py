@@ -168,9 +168,16 @@ def add_run_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
 
 
 def run_settings_from_args(args: argparse.Namespace) -> RunSettings:
-    """The run flags as checked :class:`RunSettings` (``--no-cache``: no cache folder)."""
+    """The run flags as checked :class:`RunSettings` (``--no-cache``: no cache folder): the
+    device exists here and the cache folder can be written, before any model loads."""
+    from siglip_dola.io import check_output_folder
+    from siglip_dola.settings import check_device
+
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     try:
+        check_device(args.device)
+        if cache is not None:
+            check_output_folder(cache)
         return RunSettings(
             batch_size=args.batch_size,
             workers=default_workers() if args.workers is None else args.workers,
@@ -334,6 +341,7 @@ class DolaChoice:
     alpha: float = 0.1
     profile: dict[str, Any] | None = None
     profile_path: Path | None = None
+    given: bool = False  # any of the flags (or a profile) was given
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DolaChoice:
@@ -356,7 +364,8 @@ class DolaChoice:
             raise UsageError("pass either --layers (dynamic) or --static-layer (static), not both")
         alpha = 0.1 if args.alpha is None else parse_alphas(str(args.alpha), "--alpha")[0]
         profile = load_profile(args.profile) if args.profile else None
-        return cls(args.layers, args.static_layer, alpha, profile, args.profile)
+        given = bool(given or profile is not None)
+        return cls(args.layers, args.static_layer, alpha, profile, args.profile, given)
 
     def variant(self, depth: int, use_dola: bool = True) -> Any:
         """The :class:`~siglip_dola.variants.Variant` for a model of ``depth`` layers."""
@@ -418,12 +427,20 @@ class OutputOptions:
     overwrite: bool = False
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> OutputOptions:
-        from siglip_dola.io import check_writable
+    def from_args(
+        cls, args: argparse.Namespace, plot_files: Sequence[str] | None = None
+    ) -> OutputOptions:
+        """``plot_files``: the names ``--plots`` would receive (checked for earlier copies);
+        ``None`` where the command makes no plots, which makes ``--plots`` an error."""
+        from siglip_dola.io import check_output_folder, check_writable
 
         opts = cls(getattr(args, "output", None), getattr(args, "plots", None), args.overwrite)
         if opts.output is not None:
             check_writable(opts.output, opts.overwrite)
+        if opts.plots is not None:
+            if plot_files is None:
+                raise UsageError("--plots: this command makes no plots")
+            check_output_folder(opts.plots, plot_files, opts.overwrite)
         return opts
 
 
