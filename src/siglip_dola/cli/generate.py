@@ -140,7 +140,7 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
         "--dtype", default=None, help="cast to bfloat16, float16 or float32 (default: keep)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no log lines")
     p.set_defaults(func=cmd_convert)
 
 
