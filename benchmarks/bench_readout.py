@@ -4,15 +4,19 @@
     python benchmarks/bench_readout.py --device cuda --dtype bfloat16 --batch-size 64
 
 Full-size SigLIP ViT-L/16-384 image towers with random weights (speed does not depend on the
-values), one per adapter: transformers ``SiglipVisionModel`` and timm
-``vit_large_patch16_siglip_384``.
+values), one per adapter: transformers ``SiglipVisionModel`` (``hf``), timm
+``vit_large_patch16_siglip_384`` (``timm``), open_clip ``ViT-L-16-SigLIP-384`` (``open_clip``:
+the timm trunk + open_clip's projection), the same timm tower rebuilt from a Janus-layout state
+dict (``janus``), and the seed-compatible ``rerank_with_dola_siglip`` on the timm tower
+(``compat``).
 
 * baseline: the library's own image embedding + one [B, D] x [D, C] score product;
-* DoLa: one readout of the final layer and the candidate layers (one backbone pass, all
-  pooling heads in one call) + one score product per layer + the DoLa maths (apply_dola).
+* DoLa: one readout of the final layer and the candidate layers (one backbone pass, every
+  layer's tokens reduced by the fused MAP head as its block produces them) + one score product
+  per layer + the DoLa maths (apply_dola); for ``compat`` the whole seed entry point.
 
-Repetitions of the two are interleaved on the same inputs and the medians compared.
-Target: ratio <= 1.05 (the floor, three extra pooling heads, is about 1.02).
+Repetitions of the two are interleaved on the same inputs and the medians compared; on CUDA
+the peak memory of each side is reported too. Target: ratio <= 1.0 for every adapter.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from siglip_dola.compat import rerank_with_dola_siglip
 from siglip_dola.dola import apply_dola, class_scores
 from siglip_dola.settings import parse_dtype
 
@@ -60,10 +65,43 @@ def build_timm(device: torch.device, dtype: torch.dtype):
     )
 
 
-BUILDERS = {"hf": build_hf, "timm": build_timm}
+def build_open_clip(device: torch.device, dtype: torch.dtype):
+    import open_clip
+
+    from siglip_dola.readout.open_clip import OpenClipReadout
+
+    model = open_clip.create_model("ViT-L-16-SigLIP-384", pretrained=None).eval()
+    model.text = None  # the image tower is what is timed
+    return OpenClipReadout(model, name="open_clip:ViT-L-16-SigLIP-384 (random)").to(device, dtype)
 
 
-def measure(readout, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+def build_janus(device: torch.device, dtype: torch.dtype):
+    import timm
+
+    from siglip_dola.readout.janus import JanusImageTransform, build_janus_vision_tower
+    from siglip_dola.readout.timm_vit import TimmViTReadout
+
+    weights = timm.create_model(
+        "vit_large_patch16_siglip_384", pretrained=False, num_classes=0
+    ).state_dict()
+    tower = build_janus_vision_tower(weights, num_heads=16)
+    return TimmViTReadout(
+        tower, name="janus (random ViT-L/16-384 tower)", transform=JanusImageTransform()
+    ).to(device, dtype)
+
+
+BUILDERS = {
+    "hf": build_hf,
+    "timm": build_timm,
+    "open_clip": build_open_clip,
+    "janus": build_janus,
+    "compat": build_timm,
+}
+
+
+def measure(
+    readout, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, seed_api: bool
+) -> dict:
     gen = torch.Generator().manual_seed(0)
     batch = {
         "pixel_values": torch.randn(args.batch_size, 3, 384, 384, generator=gen).to(device, dtype)
@@ -87,11 +125,26 @@ def measure(readout, args: argparse.Namespace, device: torch.device, dtype: torc
         apply_dola(scores, layers=layers.layers, candidate_layers=candidates, alpha=0.1)
         sync()
 
-    runs: dict[str, Callable[[], None]] = {"baseline": baseline, "dola": dola}
+    def seed_entry_point() -> None:
+        rerank_with_dola_siglip(
+            readout.model, batch["pixel_values"], bank, tau=tau, candidate_layers=candidates
+        )
+        sync()
+
+    runs: dict[str, Callable[[], None]] = {
+        "baseline": baseline,
+        "dola": seed_entry_point if seed_api else dola,
+    }
+    peak: dict[str, float] = {}
     with torch.inference_mode():
-        for fn in runs.values():
+        for name, fn in runs.items():
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
             for _ in range(args.warmup):
                 fn()
+            if device.type == "cuda":
+                peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, fn in runs.items():
@@ -100,12 +153,13 @@ def measure(readout, args: argparse.Namespace, device: torch.device, dtype: torc
                 times[name].append(time.perf_counter() - start)
     base, contrast = statistics.median(times["baseline"]), statistics.median(times["dola"])
     return {
-        "model": readout.name,
+        "model": readout.name + (" via rerank_with_dola_siglip" if seed_api else ""),
         "baseline_s": base,
         "dola_s": contrast,
         "ratio": contrast / base,
         "baseline_runs_s": times["baseline"],
         "dola_runs_s": times["dola"],
+        "peak_mib": peak or None,
     }
 
 
@@ -113,7 +167,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--adapters", default="hf,timm", help="comma-separated: hf, timm")
+    ap.add_argument(
+        "--adapters",
+        default=",".join(BUILDERS),
+        help=f"comma-separated, of {', '.join(BUILDERS)} (default all)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -137,12 +195,16 @@ def main() -> None:
     results = []
     for key in args.adapters.split(","):
         torch.manual_seed(0)
-        readout = BUILDERS[key.strip()](device, dtype)
-        result = measure(readout, args, device, dtype)
+        key = key.strip()
+        readout = BUILDERS[key](device, dtype)
+        result = measure(readout, args, device, dtype, seed_api=key == "compat")
         results.append(result)
+        memory = ""
+        if result["peak_mib"]:
+            memory = "   peak {baseline:.0f} / {dola:.0f} MiB".format(**result["peak_mib"])
         print(
-            f"{key:>5}: baseline {result['baseline_s']:.3f} s   DoLa {result['dola_s']:.3f} s   "
-            f"ratio {result['ratio']:.3f}  (target <= 1.05)",
+            f"{key:>9}: baseline {result['baseline_s']:.3f} s   DoLa {result['dola_s']:.3f} s   "
+            f"ratio {result['ratio']:.3f}  (target <= 1.0){memory}",
             flush=True,
         )
         del readout

@@ -99,6 +99,7 @@ def test_eval_folder_counts_corrupt_file(tmp_path, small_folder, capsys):
         "per_layer_accuracy.png",
         "chosen_layers.png",
         "kept_set_sizes.png",
+        "flips_per_static_layer.png",
     }
     # no silent overwrite
     code, _, err = _run(

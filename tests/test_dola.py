@@ -381,3 +381,87 @@ def test_class_softmax_is_softmax_over_the_last_axis(shape, seed, log):
     got = D.class_softmax(x, log=log)
     assert got.shape == x.shape and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- contrast strength
+
+
+def ref_dola_beta(scores, layers, final, candidates, alpha, beta):
+    """:func:`ref_dola` with F = log q_N - beta log q_M (loops, float64)."""
+    n_layers, batch, classes = scores.shape
+    out = []
+    for b in range(batch):
+        q = {layers[i]: ref_softmax(list(scores[i, b])) for i in range(n_layers)}
+        qn = q[final]
+        divergences = [ref_jsd(qn, q[j]) for j in candidates]
+        best = max(divergences)
+        qm = q[candidates[next(i for i, d in enumerate(divergences) if d >= best - 1e-12)]]
+        keep = [qn[c] >= alpha * max(qn) for c in range(classes)]
+        f = [
+            math.log(qn[c]) - beta * math.log(qm[c]) if keep[c] else -math.inf
+            for c in range(classes)
+        ]
+        e = [math.exp(x - max(f)) if x != -math.inf else 0.0 for x in f]
+        out.append([x / sum(e) for x in e])
+    return np.array(out)
+
+
+betas = st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 3.0, allow_nan=False))
+
+
+@settings(max_examples=150, deadline=None)
+@given(layer_scores(magnitude=8.0), alphas, betas)
+def test_beta_contrast_matches_float64_reference(scores, alpha, beta):
+    layers = list(range(1, scores.shape[0] + 1))
+    result = D.apply_dola(scores, layers=layers, alpha=alpha, beta=beta)
+    expected = ref_dola_beta(scores, layers, layers[-1], layers[:-1], alpha, beta)
+    assert np.allclose(result.p_hat, expected, atol=1e-9)
+    assert np.allclose(result.p_hat.sum(-1), 1.0, atol=1e-9)
+    assert np.all(result.p_hat[~result.kept] == 0.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(layer_scores(), alphas)
+def test_beta_one_is_dola_bit_for_bit(scores, alpha):
+    layers = list(range(1, scores.shape[0] + 1))
+    plain = D.apply_dola(scores.astype(np.float32), layers=layers, alpha=alpha)
+    one = D.apply_dola(scores.astype(np.float32), layers=layers, alpha=alpha, beta=1.0)
+    assert np.array_equal(plain.p_hat, one.p_hat)
+    log_q = torch.log_softmax(torch.as_tensor(scores, dtype=torch.float32), -1)
+    stack = D.contrast_stack_alphas(log_q[-1], log_q[:-1], (alpha, 0.5))
+    stack_one = D.contrast_stack_alphas(log_q[-1], log_q[:-1], (alpha, 0.5), beta=1)
+    for (p, k), (p1, k1) in zip(stack, stack_one):
+        assert torch.equal(p, p1) and torch.equal(k, k1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(layer_scores(), alphas)
+def test_beta_zero_is_the_apc_mask_alone(scores, alpha):
+    log_q = torch.log_softmax(torch.as_tensor(scores), -1)
+    p_hat, kept = D.contrast(log_q[-1], log_q[0], alpha, beta=0.0)
+    apc, apc_kept = D.apc_only(log_q[-1], alpha)
+    assert torch.equal(kept, apc_kept) and torch.allclose(p_hat, apc, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [-0.5, float("nan"), float("inf")])
+def test_bad_beta(beta):
+    log_q = torch.log_softmax(torch.randn(3, 2, 4), -1)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        D.contrast(log_q[-1], log_q[0], 0.1, beta)
+    with pytest.raises(ValueError, match="beta"):
+        D.apply_dola(log_q, layers=[1, 2, 3], beta=beta)
+    with pytest.raises(TypeError, match="beta must be a number"):
+        D.contrast_stack(log_q[-1], log_q[:2], 0.1, beta="1")
+
+
+@settings(max_examples=100, deadline=None)
+@given(layer_scores())
+def test_mean_logit_ensemble_is_softmax_of_mean_scores(scores):
+    probs = D.mean_logit_ensemble(scores)
+    expected = np.array([ref_softmax(list(scores[:, b].mean(0))) for b in range(scores.shape[1])])
+    assert isinstance(probs, np.ndarray) and np.allclose(probs, expected, atol=1e-12)
+    # averaging the log-distributions instead gives the same distribution
+    log_q = torch.log_softmax(torch.as_tensor(scores), -1)
+    assert np.allclose(D.mean_logit_ensemble(log_q).numpy(), expected, atol=1e-9)
+    with pytest.raises(ValueError, match=r"\[K, B, C\]"):
+        D.mean_logit_ensemble(scores[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -108,6 +109,135 @@ def test_per_image_transform_equals_the_batch_preprocessing(models, mixed_folder
         own = processor(images=images, return_tensors="pt")
         for key in batch:
             assert torch.equal(batch[key], own[key]), key
+
+
+@pytest.mark.parametrize("family", ["hf-v1", "timm", "open_clip"])
+def test_uint8_transfer_gives_the_same_embeddings(models, mixed_folder, family):
+    # Forced here on a CPU (auto uses it on CUDA): resized 8-bit pixels from the workers,
+    # mapped to the transform's own float32 values after the move.
+    vision = models[family].vision
+    assert vision.image_transform.uint8_split() is not None
+    images = load_image_folder(mixed_folder)
+    settings = RunSettings(batch_size=4, progress=False, transfer="float32")
+    floats = extract_layer_embeddings(vision, images, (1, 2), settings)
+    for workers in (0, 2):
+        bytes_ = extract_layer_embeddings(
+            vision, images, (1, 2), settings.replace(transfer="uint8", workers=workers)
+        )
+        assert np.array_equal(floats.embeddings, bytes_.embeddings)
+        assert np.array_equal(floats.indices, bytes_.indices)
+
+
+def test_uint8_pixels_equal_the_transform_and_cross_processes(models, mixed_folder):
+    folder = load_image_folder(mixed_folder)
+    images = [folder.image(i) for i in range(len(folder)) if "broken" not in folder.source(i)]
+    assert len(images) == 18
+    for family in ("hf-v1", "timm", "open_clip"):
+        transform = models[family].vision.image_transform
+        split = pickle.loads(pickle.dumps(transform.uint8_split()))
+        sample = split(images[0])["pixel_values"]
+        assert sample.dtype == torch.uint8
+        want = collate_samples([transform(image) for image in images])["pixel_values"]
+        got = split.finish(collate_samples([split(image) for image in images]))["pixel_values"]
+        assert got.dtype == torch.float32 and torch.equal(want, got), family
+    # SigLIP2's patches and padding mask are more than pixels: float32 travel
+    assert models["hf-v2"].vision.image_transform.uint8_split() is None
+
+
+def test_transforms_that_do_not_split_stay_float32():
+    from torchvision import transforms as T
+
+    from siglip_dola.readout.pixels import split_torchvision
+
+    normalize = T.Normalize((0.5,) * 3, (0.5,) * 3)
+    assert split_torchvision(T.Compose([T.Resize(8), T.ToTensor(), normalize])) is not None
+    # a float step after the tensor conversion: not a per-value table
+    assert split_torchvision(T.Compose([T.ToTensor(), T.Lambda(lambda x: x * x)])) is None
+    assert split_torchvision(lambda image: image) is None
+
+
+def test_a_whole_cached_set_shows_its_cached_count(bundled, mixed_folder, tmp_path, capsys):
+    images = load_image_folder(mixed_folder)
+    settings = RunSettings(batch_size=8, cache_dir=tmp_path)
+    extract_layer_embeddings(bundled.vision, images, (3,), settings)
+    capsys.readouterr()
+    extract_layer_embeddings(bundled.vision, images, (3,), settings)
+    assert "cached=19" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- GPU options
+
+
+def _fresh(family: str, tmp_path: Path):
+    if family == "hf":
+        return load_model(f"hf:{save_hf_siglip(tmp_path / 'hf', version=1)}").vision
+    vit = tiny_timm_vit(ARCH_SIGLIP)
+    save_file(vit.state_dict(), str(tmp_path / "tiny.safetensors"))
+    spec = f"timm:{ARCH_SIGLIP}:{tmp_path / 'tiny.safetensors'}"
+    return load_model(spec, model_kwargs=tiny_timm_kwargs()).vision
+
+
+@pytest.mark.parametrize("family", ["hf", "timm"])
+def test_compile_gives_the_same_embeddings(mixed_folder, tmp_path, family):
+    # torch.compile on a CPU takes tens of seconds per model, even this tiny one.
+    vision = _fresh(family, tmp_path)
+    images = load_image_folder(mixed_folder)
+    settings = RunSettings(batch_size=8, progress=False)
+    eager = extract_layer_embeddings(vision, images, (1, 2, 3), settings)
+    compiled = extract_layer_embeddings(vision, images, (1, 2, 3), settings.replace(compile=True))
+    blocks = vision.blocks if family == "hf" else vision.model.blocks
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    np.testing.assert_allclose(compiled.embeddings, eager.embeddings, atol=1e-5, rtol=0)
+    assert np.abs(eager.embeddings).max() > 0.1  # tolerances that mean something
+
+
+def test_compile_failure_is_one_clear_error(bundled, mixed_folder, monkeypatch):
+    from torch._dynamo.exc import TorchDynamoException
+
+    vision = bundled.vision
+
+    def failing(batch, layers):
+        raise TorchDynamoException("no C++ compiler found\nlong trace")
+
+    monkeypatch.setattr(vision, "compile", lambda: vision)
+    monkeypatch.setattr(vision, "forward_layers", failing)
+    settings = RunSettings(progress=False, compile=True)
+    with pytest.raises(
+        ValueError,
+        match=r"^--compile: torch.compile cannot compile .* here "
+        r"\(TorchDynamoException: no C\+\+ compiler found\); run without",
+    ):
+        extract_layer_embeddings(vision, load_image_folder(mixed_folder), (), settings)
+
+
+def test_fused_attention_is_on_and_equals_eager(tmp_path, mixed_folder):
+    """transformers' SDPA and timm's fused attention (the defaults) equal the eager maths."""
+    from transformers import AutoModel
+
+    from siglip_dola.readout.hf import HFSiglipReadout
+
+    images = load_image_folder(mixed_folder)
+    settings = RunSettings(batch_size=8, progress=False)
+    hf = _fresh("hf", tmp_path)
+    assert hf.vision.config._attn_implementation == "sdpa"
+    eager_model = AutoModel.from_pretrained(tmp_path / "hf", attn_implementation="eager")
+    eager = HFSiglipReadout(eager_model.float(), hf.image_processor, name=hf.name)
+    assert eager.vision.config._attn_implementation == "eager"
+    np.testing.assert_allclose(
+        extract_layer_embeddings(hf, images, (1, 2), settings).embeddings,
+        extract_layer_embeddings(eager, images, (1, 2), settings).embeddings,
+        atol=1e-5,
+        rtol=0,
+    )
+    timm_vision = _fresh("timm", tmp_path)
+    attentions = [block.attn for block in timm_vision.model.blocks]
+    assert all(attn.fused_attn for attn in attentions)
+    fused = extract_layer_embeddings(timm_vision, images, (1, 2), settings).embeddings
+    for attn in attentions:
+        attn.fused_attn = False
+    unfused = extract_layer_embeddings(timm_vision, images, (1, 2), settings).embeddings
+    np.testing.assert_allclose(fused, unfused, atol=1e-5, rtol=0)
+    assert not np.array_equal(fused, unfused)  # the two paths really differ in rounding
 
 
 # ----------------------------------------------------------------------------- resumption

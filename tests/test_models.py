@@ -207,3 +207,16 @@ def test_janus_bin_shards_load_with_weights_only(tmp_path):
     folder = save_janus_checkpoint(tmp_path, tower, fmt="bin")
     loaded = load_model(f"janus:{folder}", model_kwargs={"num_heads": HEADS})
     assert loaded.vision.depth == 4
+
+
+def test_peek_depth_reads_configs_and_tensor_names_without_loading(tmp_path):
+    from siglip_dola.models import peek_depth
+
+    for version in (1, 2):
+        folder = save_hf_siglip(tmp_path / f"hf{version}", version=version)
+        assert peek_depth(f"hf:{folder}") == 4
+        assert peek_depth(str(folder)) == 4
+    janus = save_janus_checkpoint(tmp_path / "janus", tiny_timm_vit(depth=3))
+    assert peek_depth(f"janus:{janus}") == 3
+    assert peek_depth("timm:vit_base_patch16_siglip_224") is None  # only building tells
+    assert peek_depth("hf:someone/not-in-the-cache") is None

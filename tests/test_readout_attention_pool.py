@@ -8,7 +8,13 @@ from transformers import Siglip2VisionConfig, SiglipVisionConfig
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 from transformers.models.siglip2.modeling_siglip2 import Siglip2MultiheadAttentionPoolingHead
 
-from siglip_dola.readout.attention_pool import MapPooling, fused_map_pool, supports_fused_map_pool
+from siglip_dola.readout.attention_pool import (
+    MapPooling,
+    fused_latent_pool,
+    fused_map_pool,
+    supports_fused_latent_pool,
+    supports_fused_map_pool,
+)
 
 
 def _head(cls, config, dtype):
@@ -109,3 +115,54 @@ def test_mix_into_a_buffer_equals_a_fresh_result():
             torch.testing.assert_close(
                 pooling.project(buffer[i]), head(tokens), atol=1e-5, rtol=1e-5
             )
+
+
+# ----------------------------------------------------------------------------- timm's head
+
+
+def _latent_pool(dtype, **kwargs):
+    from timm.layers import AttentionPoolLatent
+
+    pool = AttentionPoolLatent(**{"in_features": 48, "num_heads": 4, **kwargs}).eval()
+    with torch.no_grad():
+        for p in pool.parameters():
+            p.normal_(0, 0.5)
+    return pool.to(dtype)
+
+
+LATENT_CASES = [
+    {},
+    {"qkv_bias": False},
+    {"pos_embed": "abs", "feat_size": 9},
+    {"out_features": 0},  # pre-logits mode: no projection, norm or MLP
+    {"norm_layer": torch.nn.LayerNorm, "mlp_ratio": 2.0},
+    {"num_heads": 1},
+]
+
+
+@pytest.mark.parametrize("kwargs", LATENT_CASES, ids=lambda k: ",".join(k) or "default")
+@pytest.mark.parametrize("fused_attn", [True, False], ids=["sdpa", "eager"])
+def test_fused_equals_timm_latent_pool(kwargs, fused_attn):
+    torch.manual_seed(len(kwargs))
+    with torch.no_grad():
+        pool = _latent_pool(torch.float64, **kwargs)
+        pool.fused_attn = fused_attn
+        assert supports_fused_latent_pool(pool)
+        hidden = torch.randn(6, 9, 48, dtype=torch.float64) * 2
+        torch.testing.assert_close(
+            fused_latent_pool(pool, hidden), pool(hidden), atol=1e-10, rtol=1e-10
+        )
+        pool, hidden = pool.float(), hidden.float()
+        expected = pool(hidden)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(
+            fused_latent_pool(pool, hidden), expected, atol=1e-5 * scale, rtol=0
+        )
+
+
+def test_timm_heads_that_do_not_fold():
+    assert not supports_fused_latent_pool(_latent_pool(torch.float32, latent_len=2))
+    assert not supports_fused_latent_pool(_latent_pool(torch.float32, qk_norm=True))
+    assert not supports_fused_latent_pool(_latent_pool(torch.float32, pool_type=""))
+    assert not supports_fused_latent_pool(None)
+    assert not supports_fused_latent_pool(torch.nn.Linear(4, 4))

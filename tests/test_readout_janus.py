@@ -79,9 +79,19 @@ def test_every_layer_equals_head_of_norm_of_block_output(tower, loaded, pixels):
 
 def test_each_block_runs_once_per_batch(loaded, pixels):
     model = loaded.vision.model
-    with count_calls([*model.blocks, model.attn_pool]) as counts:
+    assert loaded.vision.fused_head  # built as a timm ViT: the MAP head's fused form
+    with count_calls([*model.blocks, model.attn_pool, model.attn_pool.mlp]) as counts:
         loaded.vision.forward_layers({"pixel_values": pixels}, [1, 3])
-    assert counts == [1] * (DEPTH + 1)
+    assert counts == [1] * DEPTH + [0, 1]
+
+
+def test_fused_readout_equals_module_readout_in_float64(folder, pixels):
+    vision = load_model(f"janus:{folder}", model_kwargs=KWARGS, dtype=torch.float64).vision
+    every = range(1, DEPTH + 1)
+    got = vision.forward_layers({"pixel_values": pixels.double()}, every)
+    vision.fused_head = False
+    want = vision.forward_layers({"pixel_values": pixels.double()}, every)
+    torch.testing.assert_close(got.embeddings, want.embeddings, atol=1e-10, rtol=1e-10)
 
 
 def test_only_vision_tensors_are_read(folder):

@@ -84,9 +84,22 @@ def test_every_layer_equals_projected_head_of_norm(saved, loaded, batch):
 def test_each_block_runs_once_per_batch(loaded, batch):
     trunk = loaded.vision.model
     projection = loaded.vision.projection
-    with count_calls([*trunk.blocks, trunk.attn_pool, projection]) as counts:
+    assert loaded.vision.fused_head  # the trunk's MAP head in its fused form: module not called
+    watched = [*trunk.blocks, trunk.attn_pool, trunk.attn_pool.mlp, projection]
+    with count_calls(watched) as counts:
         loaded.vision.forward_layers(batch, [1, 2, 3])
-    assert counts == [1] * (DEPTH + 2)
+    assert counts == [1] * DEPTH + [0, 1, 1]
+
+
+def test_fused_readout_equals_module_readout_in_float64(saved, batch):
+    config, weights, _ = saved
+    vision = load_model(f"open_clip:{config}:{weights}", dtype=torch.float64).vision
+    pixels = {"pixel_values": batch["pixel_values"].double()}
+    every = range(1, DEPTH + 1)
+    got = vision.forward_layers(pixels, every)
+    vision.fused_head = False
+    want = vision.forward_layers(pixels, every)
+    torch.testing.assert_close(got.embeddings, want.embeddings, atol=1e-10, rtol=1e-10)
 
 
 def test_text_equals_encode_text(saved, loaded):

@@ -76,9 +76,68 @@ def test_every_layer_equals_head_of_norm_of_block_output(vit, loaded, pixels):
 @pytest.mark.parametrize("layers", [(), (2,), (1, 2, 3)])
 def test_each_block_runs_once_per_batch(loaded, pixels, layers):
     model = loaded.vision.model
-    with count_calls([*model.blocks, model.attn_pool, model.patch_embed]) as counts:
+    assert loaded.vision.fused_head
+    # The fused head uses attn_pool's parameters without calling the module; its MLP runs once
+    # for all layers.
+    watched = [*model.blocks, model.patch_embed, model.attn_pool, model.attn_pool.mlp]
+    with count_calls(watched) as counts:
         loaded.vision.forward_layers({"pixel_values": pixels}, layers)
+    assert counts == [1] * (DEPTH + 1) + [0, 1]
+
+
+def test_module_path_runs_each_block_once(vit, pixels):
+    readout = TimmViTReadout(vit, fused_head=False)
+    with count_calls([*vit.blocks, vit.attn_pool, vit.patch_embed]) as counts:
+        readout.forward_layers({"pixel_values": pixels}, (1, 3))
     assert counts == [1] * (DEPTH + 2)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"class_token": True},  # the head skips the prefix token
+        {"reg_tokens": 2, "no_embed_class": True},
+        {"qkv_bias": False},
+    ],
+    ids=["siglip", "class-token", "registers", "no-bias"],
+)
+def test_fused_readout_equals_module_readout(overrides, pixels):
+    vit = tiny_timm_vit(ARCH, **overrides)
+    fused, module = TimmViTReadout(vit), TimmViTReadout(vit, fused_head=False)
+    assert fused.fused_head and not module.fused_head
+    # exact algebra: equal to float64 rounding
+    vit.double()
+    every = range(1, DEPTH + 1)
+    want = module.forward_layers({"pixel_values": pixels.double()}, every)
+    got = fused.forward_layers({"pixel_values": pixels.double()}, every)
+    assert got.layers == want.layers
+    torch.testing.assert_close(got.embeddings, want.embeddings, atol=1e-10, rtol=1e-10)
+    # float32: within the adapters' tolerance, scaled to the embeddings' size
+    vit.float()
+    expected = _reference_layers(vit, pixels)
+    got = fused.forward_layers({"pixel_values": pixels}, every)
+    scale = max(e.abs().max().item() for e in expected)
+    for layer, want in enumerate(expected, start=1):
+        torch.testing.assert_close(got.layer(layer), want, atol=ATOL * max(scale, 1), rtol=0)
+    assert (got.layer(1) - got.layer(DEPTH)).abs().max() > 1e-2
+
+
+def test_heads_that_do_not_fold_take_the_module(pixels):
+    for overrides in ({"global_pool": "token", "class_token": True}, {"global_pool": "avg"}):
+        vit = tiny_timm_vit(ARCH, **overrides)
+        readout = TimmViTReadout(vit)
+        assert not readout.fused_head
+        torch.testing.assert_close(
+            readout.forward_layers({"pixel_values": pixels}, [2]).final,
+            vit(pixels).detach(),
+            atol=ATOL,
+            rtol=0,
+        )
+    vit = tiny_timm_vit(ARCH)
+    vit.attn_pool.latent_len = 2  # more than one latent query: no single-query fold
+    assert not TimmViTReadout(vit).fused_head
+    assert not TimmViTReadout(JanusStyleViT(tiny_timm_vit(ARCH))).fused_head
 
 
 def test_timm_folder_from_save_for_hf(vit, tmp_path, pixels):

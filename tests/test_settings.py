@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from siglip_dola import settings as settings_module
 from siglip_dola.settings import (
     RunSettings,
     check_device,
     default_cache_dir,
+    default_workers,
     dtype_name,
     parse_dtype,
 )
@@ -38,6 +40,41 @@ def test_defaults_and_checks():
         RunSettings(dtype="float64")
     with pytest.raises(ValueError, match="unknown dtype"):
         RunSettings(dtype="int3")
+    assert (s.compile, s.transfer) == (False, "auto")
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        RunSettings(compile="yes")
+    with pytest.raises(ValueError, match="transfer must be one of"):
+        RunSettings(transfer="int8")
+
+
+@pytest.mark.parametrize(
+    "cpus, local, expected",
+    [(2, None, 1), (1, None, 0), (16, None, 15), (64, None, 16), (16, "2", 7), (2, "2", 0)],
+)
+def test_default_workers_follow_the_cpus(monkeypatch, cpus, local, expected):
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: cpus)
+    if local is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    assert default_workers() == expected
+
+
+def test_run_flags_become_settings(monkeypatch):
+    import argparse
+
+    from siglip_dola.cli.options import UsageError, add_run_options, run_settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 5)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    defaults = run_settings_from_args(parser.parse_args(["--no-cache"]))
+    assert defaults.workers == 4 and defaults.compile is False
+    chosen = run_settings_from_args(parser.parse_args(["--workers", "0", "--compile"]))
+    assert chosen.workers == 0 and chosen.compile is True
+    with pytest.raises(UsageError, match="--workers must be >= 0"):
+        run_settings_from_args(parser.parse_args(["--workers", "-2"]))
 
 
 def test_coerce_and_replace():

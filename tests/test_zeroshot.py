@@ -48,7 +48,7 @@ def test_every_variant_equals_dola_core(problem):
     layers, emb, bank, labels = problem
     tau = 0.05
     scores = layer_scores(emb, bank, tau)
-    variants = default_variants(8, 3, (0.0, 0.1, 0.5), None, apc=True)
+    variants = default_variants(8, 3, (0.0, 0.1, 0.5), None, apc=True, references=True)
     results, per_layer = evaluate_variants(scores, layers, labels, variants)
     assert len(results) == len(variants)
     q_final = torch.softmax(scores[-1], -1)
@@ -56,6 +56,11 @@ def test_every_variant_equals_dola_core(problem):
         v = r.variant
         if v.kind == "baseline":
             expected = q_final
+        elif v.kind == "layer":
+            expected = scores[layers.index(v.layers[0])]
+        elif v.kind == "ensemble":
+            rows = [layers.index(m) for m in v.layers] + [len(layers) - 1]
+            expected = torch.softmax(scores[rows].mean(0), -1)
         elif v.kind == "apc":
             p_hat, kept = apc_only(torch.log_softmax(scores[-1], -1), v.alpha)
             expected = ranking_scores(p_hat, kept, q_final)
@@ -65,6 +70,7 @@ def test_every_variant_equals_dola_core(problem):
                 scores,
                 layers=layers,
                 alpha=v.alpha,
+                beta=v.beta,
                 static_layer=static,
                 candidate_layers=None if static else v.layers,
             )
@@ -143,9 +149,13 @@ def test_ranking_puts_kept_classes_first():
 
 
 def test_default_variants_names_and_counts():
-    v = default_variants(24, 3, (0.05, 0.1, 0.2), None)
+    v = default_variants(24, 3, (0.05, 0.1, 0.2), None, references=True)
     kinds = [x.kind for x in v]
-    assert kinds.count("dynamic") == 9 and kinds.count("static") == 69 and kinds.count("apc") == 3
+    assert kinds.count("static") == 69 and kinds.count("apc") == 3
+    # 9 DoLa (beta = 1) and 18 milder contrasts (beta 0.25, 0.5); 23 layers, 3 ensembles
+    assert kinds.count("dynamic") == 9 + 18 and len([x for x in v if x.beta == 1.0]) == 82 + 26
+    assert kinds.count("layer") == 23 and kinds.count("ensemble") == 3 and len(v) == 126
+    assert v[:82] == default_variants(24, 3, (0.05, 0.1, 0.2), None)  # no references
     assert v[0] == Variant("baseline")
     names = {x.name for x in v}
     assert "dynamic [17-24] a=0.1" in names and "static L20 a=0.2" in names
@@ -169,7 +179,10 @@ def test_numpy_embeddings_accepted(problem):
 
 def test_blocked_evaluation_equals_one_block(problem):
     layers, emb, bank, labels = problem
-    variants = default_variants(8, 3, (0.1, 0.3), None)
+    variants = default_variants(8, 3, (0.1, 0.3), None, references=True) + [
+        Variant.static(3, 0.1, 0.5)
+    ]
+    assert {v.kind for v in variants} >= {"layer", "ensemble"}
     whole, per_layer = evaluate_variants(layer_scores(emb, bank, 0.1), layers, labels, variants)
     emb_set = LayerEmbeddingSet(layers, emb.numpy(), labels, np.arange(len(labels)))
     # 8 layers x 7 classes x 3 images per block: 22 blocks of uneven fill
@@ -179,6 +192,11 @@ def test_blocked_evaluation_equals_one_block(problem):
     assert per_layer == per_layer_b
     for a, b in zip(whole, blocked):
         assert a.metrics == b.metrics and torch.equal(a.label_ranks, b.label_ranks)
+        assert a.vs_baseline == b.vs_baseline, a.variant.name  # flips and bootstrap interval
+        # the scores of a block differ from the whole product in float32 rounding only
+        assert (a.mean_jsd is None) == (b.mean_jsd is None) == (a.variant.kind != "layer")
+        if a.mean_jsd is not None:
+            assert a.mean_jsd == pytest.approx(b.mean_jsd, rel=1e-5)
         assert (a.chosen_layers is None) == (b.chosen_layers is None)
         if a.chosen_layers is not None:
             assert torch.equal(a.chosen_layers, b.chosen_layers)

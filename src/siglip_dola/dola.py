@@ -7,7 +7,8 @@ Nothing here knows about models. Every function takes per-layer *scores* or
     JSD    = 1/2 KL(P || Mix) + 1/2 KL(Q || Mix),   Mix = (P + Q) / 2
     M      = argmax_{j in J} JSD(q_N || q_j)        (dynamic, per image; ties -> earliest)
     V_head = {c : q_N(c) >= alpha * max_u q_N(u)}   (APC)
-    p_hat  = softmax(log q_N - log q_M) on V_head, exactly 0 elsewhere
+    p_hat  = softmax(log q_N - beta log q_M) on V_head, exactly 0 elsewhere  (beta = 1: DoLa)
+    mean-logit ensemble of layers K: softmax_C(mean_{k in K} s_k)
 
 Inputs may be torch tensors or numpy arrays; results come back as the same kind.
 Half-precision inputs are computed in float32, float64 inputs in float64. Tensors stay on
@@ -41,6 +42,7 @@ __all__ = [
     "dola_from_distributions",
     "jensen_shannon",
     "jsd",
+    "mean_logit_ensemble",
     "select_contrast_layer",
     "select_early_exit",
 ]
@@ -92,6 +94,13 @@ def _check_alpha(alpha: float) -> None:
         raise TypeError(f"alpha must be a number in [0, 1], got {type(alpha).__name__}")
     if not (0.0 <= alpha <= 1.0):  # also rejects NaN
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def _check_beta(beta: float) -> None:
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool):
+        raise TypeError(f"beta must be a number >= 0, got {type(beta).__name__}")
+    if not (beta >= 0.0 and math.isfinite(beta)):  # also rejects NaN
+        raise ValueError(f"contrast strength beta must be a finite number >= 0, got {beta}")
 
 
 def _check_tau(tau: float) -> None:
@@ -215,12 +224,17 @@ def _masked_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return class_softmax(logits.masked_fill(~keep, -math.inf))
 
 
-def contrast(log_q_final: Array, log_q_contrast: Array, alpha: float = 0.1) -> tuple[Array, Array]:
-    """p_hat = softmax(log q_N - log q_M) on the APC set; returns (p_hat, kept mask).
+def contrast(
+    log_q_final: Array, log_q_contrast: Array, alpha: float = 0.1, beta: float = 1.0
+) -> tuple[Array, Array]:
+    """p_hat = softmax(log q_N - beta log q_M) on the APC set; returns (p_hat, kept mask).
 
-    Takes *log* distributions of identical shape [..., C].
+    Takes *log* distributions of identical shape [..., C]. ``beta`` is the contrast strength:
+    1 is DoLa, 0 leaves q_N renormalised on the APC set (:func:`apc_only`), values in
+    between contrast more mildly.
     """
     _check_alpha(alpha)
+    _check_beta(beta)
     log_final, to_numpy = _as_tensor(log_q_final, "log_q_final")
     log_other, _ = _as_tensor(log_q_contrast, "log_q_contrast")
     if log_final.shape != log_other.shape:
@@ -230,24 +244,25 @@ def contrast(log_q_final: Array, log_q_contrast: Array, alpha: float = 0.1) -> t
         )
     _check_finite(log_final, "log_q_final")
     _check_finite(log_other, "log_q_contrast")
-    return _contrast_per_alpha(log_final, log_other, (alpha,), to_numpy)[0]
+    return _contrast_per_alpha(log_final, log_other, (alpha,), to_numpy, beta)[0]
 
 
 def contrast_stack(
-    log_q_final: Array, log_q_contrasts: Array, alpha: float = 0.1
+    log_q_final: Array, log_q_contrasts: Array, alpha: float = 0.1, beta: float = 1.0
 ) -> tuple[Array, Array]:
     """:func:`contrast` of one final layer [B, C] against S contrast distributions [S, B, C]
     at once: returns p_hat [S, B, C] and the kept mask [B, C] (it depends on q_N only)."""
-    return contrast_stack_alphas(log_q_final, log_q_contrasts, (alpha,))[0]
+    return contrast_stack_alphas(log_q_final, log_q_contrasts, (alpha,), beta)[0]
 
 
 def contrast_stack_alphas(
-    log_q_final: Array, log_q_contrasts: Array, alphas: Sequence[float]
+    log_q_final: Array, log_q_contrasts: Array, alphas: Sequence[float], beta: float = 1.0
 ) -> list[tuple[Array, Array]]:
     """:func:`contrast_stack` for each alpha of a grid: the inputs are checked and the
-    log-ratios log q_N - log q_M formed once, then masked per alpha."""
+    log-ratios log q_N - beta log q_M formed once, then masked per alpha."""
     for alpha in alphas:
         _check_alpha(alpha)
+    _check_beta(beta)
     log_final, to_numpy = _as_tensor(log_q_final, "log_q_final")
     log_other, _ = _as_tensor(log_q_contrasts, "log_q_contrasts")
     _check_ndim(log_final, 2, "log_q_final", "[B, C]")
@@ -258,13 +273,25 @@ def contrast_stack_alphas(
         )
     _check_finite(log_final, "log_q_final")
     _check_finite(log_other, "log_q_contrasts")
-    return _contrast_per_alpha(log_final, log_other, alphas, to_numpy)
+    return _contrast_per_alpha(log_final, log_other, alphas, to_numpy, beta)
+
+
+def _contrast_logits(
+    log_final: torch.Tensor, log_other: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
+    """F = log q_N - beta log q_M (beta = 1 takes the plain difference: no extra pass)."""
+    log_other = log_other.to(log_final.dtype)
+    return log_final - log_other if beta == 1.0 else log_final - beta * log_other
 
 
 def _contrast_per_alpha(
-    log_final: torch.Tensor, log_other: torch.Tensor, alphas: Sequence[float], to_numpy: bool
+    log_final: torch.Tensor,
+    log_other: torch.Tensor,
+    alphas: Sequence[float],
+    to_numpy: bool,
+    beta: float = 1.0,
 ) -> list[tuple[Array, Array]]:
-    log_ratio = log_final - log_other.to(log_final.dtype)
+    log_ratio = _contrast_logits(log_final, log_other, beta)
     keeps = [_apc_mask_log(log_final, alpha) for alpha in alphas]
     return [
         (_as_input_kind(_masked_softmax(log_ratio, k), to_numpy), _as_input_kind(k, to_numpy))
@@ -281,6 +308,20 @@ def apc_only(log_q_final: Array, alpha: float = 0.1) -> tuple[Array, Array]:
     return _as_input_kind(_masked_softmax(log_final, keep), to_numpy), _as_input_kind(
         keep, to_numpy
     )
+
+
+def mean_logit_ensemble(layer_scores: Array) -> Array:
+    """Mean-logit ensemble of K layers: softmax_C of the mean of their scores [K, B, C] -> [B, C].
+
+    The mean of the log-distributions log q_k differs from the mean of the scores by a
+    constant per image, so ranking by either is the same; this averages the scores.
+    """
+    s, to_numpy = _as_tensor(layer_scores, "layer_scores")
+    _check_ndim(s, 3, "layer_scores", "[K, B, C]")
+    if s.shape[0] == 0:
+        raise ValueError("an ensemble needs at least one layer's scores")
+    _check_finite(s, "layer_scores")
+    return _as_input_kind(class_softmax(s.mean(0)), to_numpy)
 
 
 def _jsd_from_log_distributions(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -397,6 +438,7 @@ def apply_dola(
     candidate_layers: Sequence[int] | None = None,
     static_layer: int | None = None,
     alpha: float = 0.1,
+    beta: float = 1.0,
 ) -> DolaResult:
     """DoLa over the per-layer scores of one batch.
 
@@ -404,9 +446,10 @@ def apply_dola(
     a mapping {layer number: [B, C]}. ``final_layer`` defaults to the highest layer given.
     Dynamic mode (default) picks, per image, the candidate with the largest JSD from the final
     layer; candidates default to every other layer given. ``static_layer`` switches to static
-    mode with that one contrast layer.
+    mode with that one contrast layer. ``beta`` is the contrast strength (1 = DoLa).
     """
     _check_alpha(alpha)
+    _check_beta(beta)
     stacked, numbers, to_numpy = _stack_layer_scores(layer_scores, layers)
     final = max(numbers) if final_layer is None else int(final_layer)
     if final not in numbers:
@@ -442,7 +485,7 @@ def apply_dola(
     index, divergence = _select(log_final, log_cand)
     log_contrast = log_cand[index, torch.arange(log_final.shape[0], device=log_q.device)]
     keep = _apc_mask_log(log_final, alpha)
-    p_hat = _masked_softmax(log_final - log_contrast, keep)
+    p_hat = _masked_softmax(_contrast_logits(log_final, log_contrast, beta), keep)
     return DolaResult(
         p_hat=_as_input_kind(p_hat, to_numpy),
         chosen_layers=_as_input_kind(candidate_numbers[index], to_numpy),

@@ -5,6 +5,9 @@ one backbone forward per batch. Data-loader workers decode each image and run th
 CPU-side transform (``vision.image_transform``) and stack the batch; the main process only
 moves finished batches to the device (pinned, non-blocking on CUDA) and runs the model while
 the workers prepare the next ones. ``workers=0`` does the same work in the main process.
+On CUDA the pixels travel as uint8 where the model's transform splits exactly so (the device
+looks the float32 values up; :mod:`siglip_dola.readout.pixels`), and each batch's embeddings
+are read back while the next batch runs, so the GPU is not left waiting for the host.
 
 The images are processed in blocks of :data:`BLOCK_IMAGES` consecutive positions. With a
 cache folder every finished block is written at once (atomically: temp folder + rename), so
@@ -21,7 +24,7 @@ import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,10 +36,11 @@ from tqdm.auto import tqdm
 from siglip_dola.data import ImageError, ImageSet, Skipped
 from siglip_dola.distributed import shard_positions
 from siglip_dola.layers import validate_candidates
-from siglip_dola.readout._common import move_batch
+from siglip_dola.readout._common import is_compile_failure, move_batch
 from siglip_dola.readout.base import (
     Batch,
     ImageTransform,
+    LayerEmbeddings,
     Sample,
     VisionReadout,
     collate_samples,
@@ -344,16 +348,47 @@ def _unbatched(item: LoadedBatch) -> LoadedBatch:
     return item
 
 
+BATCHES_IN_FLIGHT = 4  # prepared batches the loader keeps ahead of the model (at least)
+
+
 def _loader(
     dataset: torch.utils.data.Dataset, settings: RunSettings
 ) -> torch.utils.data.DataLoader:
+    """Batches prepared by ``settings.workers`` processes (in this one for 0), pinned for CUDA.
+
+    Each worker holds ``prefetch_factor`` batches: at least :data:`BATCHES_IN_FLIGHT` in all,
+    one per worker beyond that (each is a whole batch of pixels in shared memory)."""
+    workers = settings.workers
+    options: dict[str, Any] = {}
+    if workers:
+        options["prefetch_factor"] = max(1, -(-BATCHES_IN_FLIGHT // workers))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
-        num_workers=settings.workers,
+        num_workers=workers,
         collate_fn=_unbatched,
         pin_memory=torch.device(settings.device).type == "cuda",
+        **options,
     )
+
+
+def _pixel_transfer(
+    vision: VisionReadout, settings: RunSettings
+) -> tuple[ImageTransform, Callable[[Batch], Batch] | None]:
+    """The transform the loader runs and what the device does after the move: the model's own
+    transform (nothing after), or its uint8 split (the lookup after) as ``settings.transfer``
+    asks and the transform allows."""
+    transform = vision.image_transform
+    wanted = settings.transfer
+    if wanted == "auto":
+        wanted = "uint8" if torch.device(settings.device).type == "cuda" else "float32"
+    if wanted == "float32":
+        return transform, None
+    split_of = getattr(transform, "uint8_split", None)
+    split = split_of() if split_of is not None else None
+    if split is None:
+        return transform, None  # float32: this transform has no exact 8-bit split
+    return split, split.finish
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -383,6 +418,66 @@ class _BlockParts:
         )
 
 
+class _Readback:
+    """Embeddings of the batch before this one, copied to the host while this one runs.
+
+    ``hold`` starts the copy of a batch's embeddings (non-blocking from CUDA) and returns the
+    batch held before it, whose copy is then complete; on a CPU it is a plain copy."""
+
+    def __init__(self) -> None:
+        self._held: tuple[LoadedBatch, torch.Tensor | None, Any] | None = None
+
+    def hold(
+        self, loaded: LoadedBatch, embeddings: torch.Tensor | None
+    ) -> tuple[LoadedBatch, np.ndarray | None] | None:
+        event = None
+        if embeddings is not None:
+            embeddings = embeddings.float()
+            if embeddings.device.type == "cuda":
+                embeddings = embeddings.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                embeddings = embeddings.cpu()
+        previous, self._held = self.release(), (loaded, embeddings, event)
+        return previous
+
+    def release(self) -> tuple[LoadedBatch, np.ndarray | None] | None:
+        """The batch held (its copy waited for), or None; nothing is held afterwards."""
+        if self._held is None:
+            return None
+        loaded, embeddings, event = self._held
+        self._held = None
+        if event is not None:
+            event.synchronize()
+        return loaded, None if embeddings is None else embeddings.numpy()
+
+
+def _prepare(vision: VisionReadout, settings: RunSettings) -> None:
+    """``settings.compile``: the image tower's blocks through torch.compile."""
+    if not settings.compile:
+        return
+    compile_tower = getattr(vision, "compile", None)
+    if compile_tower is None:
+        raise ValueError(f"{vision.name}: its readout ({type(vision).__name__}) cannot compile")
+    compile_tower()
+
+
+def _forward(
+    vision: VisionReadout, batch: Batch, layers: tuple[int, ...], settings: RunSettings
+) -> LayerEmbeddings:
+    try:
+        return vision.forward_layers(batch, layers)
+    except Exception as exc:
+        if settings.compile and is_compile_failure(exc):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(
+                f"--compile: torch.compile cannot compile {vision.name} here "
+                f"({type(exc).__name__}: {first[:200]}); run without --compile"
+            ) from exc
+        raise
+
+
 @torch.no_grad()
 def extract_layer_embeddings(
     vision: VisionReadout,
@@ -410,13 +505,17 @@ def extract_layer_embeddings(
         all_blocks = _image_set_blocks(image_set)
     mine = [all_blocks[i] for i in shard_positions(len(all_blocks), shard)]
     listing = list(image_set.skipped) if shard[0] == 0 else []  # listing problems: report once
+    sizes = [block.size for block in mine]
+    total = None if None in sizes else sum(sizes)
     store = None
     if settings.cache_dir is not None:
         key = _cache_key(vision, image_set, wanted, dtype)
         store = _Store(settings.cache_dir / "embeddings" / key)
         whole = store.whole()
         if whole is not None:
-            return _rows_of_blocks(whole, store.whole_block_rows(), mine, shard, listing)
+            part = _rows_of_blocks(whole, store.whole_block_rows(), mine, shard, listing)
+            _cached_bar(settings, total, total if total is not None else len(part.indices))
+            return part
     parts: dict[int, LayerEmbeddingSet] = {}
     if store is not None:
         for block in mine:
@@ -424,8 +523,6 @@ def extract_layer_embeddings(
             if cached is not None:
                 parts[block.number] = cached
     todo = [block.number for block in mine if block.number not in parts]
-    sizes = [block.size for block in mine]
-    total = None if None in sizes else sum(sizes)
     from_cache = sum(len(p.indices) + len(p.skipped) for p in parts.values())
     bar = tqdm(total=total, desc="images", unit="img", disable=not settings.progress)
     bar.update(from_cache)
@@ -434,16 +531,22 @@ def extract_layer_embeddings(
         bar.set_postfix(**postfix)
     skipped_count = sum(len(p.skipped) for p in parts.values())
     if todo:
+        _prepare(vision, settings)
         device = torch.device(settings.device)
-        dataset = _batches(image_set, todo, settings.batch_size, vision.image_transform)
+        transform, finish = _pixel_transfer(vision, settings)
+        dataset = _batches(image_set, todo, settings.batch_size, transform)
         pending: dict[int, _BlockParts] = {}
-        for loaded in _loader(dataset, settings):
+        readback = _Readback()
+
+        def collect(done: tuple[LoadedBatch, np.ndarray | None] | None) -> None:
+            nonlocal skipped_count
+            if done is None:
+                return
+            loaded, embeddings = done
             block = pending.setdefault(loaded.block, _BlockParts())
             block.skipped.extend(loaded.skipped)
-            if loaded.batch is not None:
-                batch = move_batch(loaded.batch, device, dtype, non_blocking=True)
-                out = vision.forward_layers(batch, wanted)
-                block.embeddings.append(out.embeddings.float().cpu().numpy())
+            if embeddings is not None:
+                block.embeddings.append(embeddings)
                 block.positions.extend(loaded.positions)
                 block.labels.extend(loaded.labels)
             if loaded.last:
@@ -454,6 +557,20 @@ def extract_layer_embeddings(
             skipped_count += len(loaded.skipped)
             bar.update(len(loaded.positions) + len(loaded.skipped))
             bar.set_postfix(**postfix, skipped=skipped_count)
+
+        try:
+            for loaded in _loader(dataset, settings):
+                out = None
+                if loaded.batch is not None:
+                    batch = move_batch(loaded.batch, device, dtype, non_blocking=True)
+                    if finish is not None:
+                        batch = move_batch(finish(batch), device, dtype)
+                    out = _forward(vision, batch, wanted, settings).embeddings
+                collect(readback.hold(loaded, out))
+        except KeyboardInterrupt:
+            collect(readback.release())  # a finished batch may complete a block: keep it
+            raise
+        collect(readback.release())
         if pending:
             raise RuntimeError(f"the loader ended inside cache block(s) {sorted(pending)}")
     bar.close()
@@ -476,6 +593,14 @@ def extract_layer_embeddings(
     if not np.isfinite(np.asarray(result.embeddings)).all():
         raise ValueError(f"model {vision.name} produced NaN/inf image embeddings")
     return result
+
+
+def _cached_bar(settings: RunSettings, total: int | None, count: int) -> None:
+    """The progress line of a set read whole from the cache: every image, all cached."""
+    bar = tqdm(total=total, desc="images", unit="img", disable=not settings.progress)
+    bar.update(count)
+    bar.set_postfix(cached=count)
+    bar.close()
 
 
 def _rows_of_blocks(

@@ -21,6 +21,7 @@ their text tower from ``text_spec``. Nothing runs pickled code: safetensors firs
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +31,31 @@ import torch
 from torch import nn
 
 from siglip_dola.checkpoints import (
+    HF_VISION_PREFIX,
+    INDEX_FILES,
+    JANUS_VISION_PREFIX,
     SAFE_WEIGHT_SUFFIXES,
+    file_tensor_shapes,
     janus_format,
     load_state_dict_file,
     load_weights_strict,
     read_config,
     read_json,
 )
+from siglip_dola.hub import OFFLINE_HINT, offline_unless_reachable, quiet_transformers
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
 from siglip_dola.settings import parse_dtype
 
-__all__ = ["SCHEMES", "ModelSpec", "detect_scheme", "load_model", "load_towers", "parse_spec"]
+__all__ = [
+    "SCHEMES",
+    "ModelSpec",
+    "detect_scheme",
+    "load_model",
+    "load_towers",
+    "needs_hub",
+    "parse_spec",
+    "peek_depth",
+]
 
 SCHEMES = ("hf", "open_clip", "timm", "janus")
 HF_SIGLIP_TYPES = ("siglip", "siglip2", "siglip_vision_model", "siglip2_vision_model")
@@ -92,9 +107,15 @@ def parse_spec(spec: str) -> ModelSpec:
         return ModelSpec(detect_scheme(path), str(path))
     if sep and not _looks_like_path(spec):
         raise ValueError(f"unknown model scheme {scheme!r} in {spec!r}; expected {SPEC_HELP}")
-    if _looks_like_path(spec):
-        raise ValueError(f"model path {spec} does not exist; expected {SPEC_HELP}")
+    if _looks_like_path(spec) or "/" in spec:
+        hint = f" (for a hub id write hf:{spec})" if _hub_id_like(spec) else ""
+        raise ValueError(f"model folder {spec} does not exist{hint}")
     raise ValueError(f"model spec {spec!r} has no scheme; expected {SPEC_HELP}")
+
+
+def _hub_id_like(text: str) -> bool:
+    owner, sep, name = text.partition("/")
+    return bool(sep and owner and name and "/" not in name and not text.startswith((".", "~")))
 
 
 def detect_scheme(folder: Path) -> str:
@@ -116,10 +137,14 @@ def detect_scheme(folder: Path) -> str:
 
 
 def _looks_like_path(text: str) -> bool:
+    """A local path rather than a hub id: absolute, relative with ./ or ../, home-relative, a
+    file name, an existing path, or one whose first folder exists here (``models/x``)."""
+    first = Path(text).expanduser().parts[0] if text else ""
     return (
         text.startswith(("/", "./", "../", "~", "\\"))
         or text.endswith((".json", *SAFE_WEIGHT_SUFFIXES))
         or Path(text).expanduser().exists()
+        or ("/" in text and Path(first).is_dir())
     )
 
 
@@ -128,6 +153,56 @@ def _existing(path_text: str, what: str) -> Path:
     if not path.exists():
         raise ValueError(f"{what} {path} does not exist")
     return path
+
+
+def peek_depth(spec: str) -> int | None:
+    """The number of layers N of the image tower a spec names, read from its config or its
+    checkpoint's tensor names without loading weights; ``None`` where only loading tells
+    (timm and open_clip names, hub ids not in the local cache)."""
+    parsed = parse_spec(spec)
+    if parsed.scheme == "hf":
+        folder = Path(parsed.target).expanduser()
+        config_path = folder / "config.json" if folder.is_dir() else _cached_hub_file(parsed)
+        if config_path is None or not Path(config_path).is_file():
+            return None
+        config = read_config(Path(config_path).parent)
+        vision = config.get("vision_config", config) if isinstance(config, dict) else {}
+        layers = vision.get("num_hidden_layers") if isinstance(vision, dict) else None
+        return int(layers) if isinstance(layers, int) else None
+    if parsed.scheme == "janus":
+        folder = Path(parsed.target).expanduser()
+        if not folder.is_dir():
+            return None
+        names = _checkpoint_tensor_names(folder)
+        blocks = {int(m.group(1)) for n in names if (m := _JANUS_BLOCK.match(n))}
+        return max(blocks) + 1 if blocks else None
+    return None
+
+
+_JANUS_BLOCK = re.compile(
+    rf"^(?:{re.escape(JANUS_VISION_PREFIX)}blocks|{re.escape(HF_VISION_PREFIX)}encoder\.layers)\.(\d+)\."
+)
+
+
+def _cached_hub_file(spec: ModelSpec, name: str = "config.json") -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    found = try_to_load_from_cache(spec.target, name)
+    return found if isinstance(found, str) else None
+
+
+def _checkpoint_tensor_names(folder: Path) -> list[str]:
+    """Tensor names of a checkpoint folder from its index json or safetensors headers."""
+    for index_name in INDEX_FILES:
+        if (folder / index_name).is_file():
+            content = read_json(folder / index_name)
+            return list((content or {}).get("weight_map") or {})
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return list(file_tensor_shapes(single))
+    return []
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -141,25 +216,29 @@ def load_model(
     trust_remote_code: bool = False,
     head_from: str | Path | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a vision readout and a text tower from specs (see the module docstring).
 
     ``text_spec`` replaces (or supplies) the text tower and its logit scale.
     ``head_from``: a timm/open_clip SigLIP checkpoint whose pooling head a Janus checkpoint
     without ``attn_pool.*`` should use. ``model_kwargs`` go to timm's ``create_model`` for
-    ``timm:`` and ``janus:`` (``janus:`` also takes ``architecture``).
+    ``timm:`` and ``janus:`` (``janus:`` also takes ``architecture``). ``progress=False``
+    hides the libraries' loading bars.
     """
     dtype = parse_dtype(dtype)
     vision_spec = parse_spec(spec)
-    towers = load_towers(vision_spec, trust_remote_code, head_from, model_kwargs, need_vision=True)
+    text_parsed = None if text_spec is None else parse_spec(text_spec)
+    if text_parsed is not None and text_parsed.scheme not in ("hf", "open_clip"):
+        raise ValueError(f"text spec {text_spec!r} has no text tower; expected hf: or open_clip:")
+    towers = load_towers(
+        vision_spec, trust_remote_code, head_from, model_kwargs, need_vision=True, progress=progress
+    )
     text, logit_scale = towers.text, towers.logit_scale
-    if text_spec is not None:
-        parsed = parse_spec(text_spec)
-        if parsed.scheme not in ("hf", "open_clip"):
-            raise ValueError(
-                f"text spec {text_spec!r} has no text tower; expected hf: or open_clip:"
-            )
-        text_towers = load_towers(parsed, trust_remote_code, need_vision=False)
+    if text_parsed is not None:
+        text_towers = load_towers(
+            text_parsed, trust_remote_code, need_vision=False, progress=progress
+        )
         if text_towers.text is None:
             raise ValueError(f"text spec {text_spec!r} has no text tower (a vision-only model)")
         text, logit_scale = text_towers.text, text_towers.logit_scale
@@ -182,12 +261,47 @@ def load_towers(
     head_from: str | Path | None = None,
     model_kwargs: dict[str, Any] | None = None,
     need_vision: bool = True,
+    progress: bool = True,
 ) -> Towers:
     """The towers one spec provides, on the CPU in the checkpoint's precision."""
     if head_from is not None and spec.scheme != "janus":
         raise ValueError(f"head_from only applies to janus: checkpoints, not {spec.scheme}:")
     if model_kwargs and spec.scheme not in ("timm", "janus"):
         raise ValueError(f"model_kwargs only apply to timm: and janus: specs, not {spec.scheme}:")
+    if not needs_hub(spec):
+        with quiet_transformers(progress):
+            return _load_family(spec, trust_remote_code, head_from, model_kwargs, need_vision)
+    with offline_unless_reachable() as online, quiet_transformers(progress):
+        try:
+            return _load_family(spec, trust_remote_code, head_from, model_kwargs, need_vision)
+        except (OSError, RuntimeError, ValueError):
+            if online:
+                raise
+            # The hub libraries say this in several paragraphs; the cause is one fact.
+            raise ValueError(f"{spec}: {OFFLINE_HINT}") from None
+
+
+def needs_hub(spec: ModelSpec) -> bool:
+    """Whether loading ``spec`` may download from the Hugging Face hub (a hub id, a
+    pretrained tag, a timm name without a weights file) rather than read local files only."""
+    if spec.scheme == "janus":
+        return False
+    if spec.scheme == "hf":
+        return not _looks_like_path(spec.target)
+    if spec.target.startswith("hf-hub:"):
+        return True
+    if spec.target.startswith("local-dir:") or _looks_like_path(spec.target):
+        return False
+    return spec.scheme == "open_clip" or not spec.weights
+
+
+def _load_family(
+    spec: ModelSpec,
+    trust_remote_code: bool,
+    head_from: str | Path | None,
+    model_kwargs: dict[str, Any] | None,
+    need_vision: bool,
+) -> Towers:
     if spec.scheme == "hf":
         return _load_hf(spec, trust_remote_code, need_vision)
     if spec.scheme == "open_clip":
@@ -209,20 +323,25 @@ def _load_hf(spec: ModelSpec, trust_remote_code: bool, need_vision: bool) -> Tow
 
     target = spec.target
     if _looks_like_path(target):
-        target = str(_existing(target, "hf: model directory"))
+        target = str(_existing(target, "hf: model folder"))
     try:
         config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
     except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"hf:{spec.target} is neither a local model directory nor available from the "
-            f"Hugging Face hub (or its cache): {err}"
+            f"hf:{spec.target} is neither a local model folder nor available from the Hugging "
+            f"Face hub (or its cache): {first}"
         ) from None
     if config.model_type not in HF_SIGLIP_TYPES:
         raise ValueError(
             f"hf:{spec.target} is a {config.model_type!r} model; expected a SigLIP model "
             f"(model_type one of {list(HF_SIGLIP_TYPES)})"
         )
-    model = AutoModel.from_pretrained(target, trust_remote_code=trust_remote_code).float().eval()
+    model, info = AutoModel.from_pretrained(
+        target, trust_remote_code=trust_remote_code, output_loading_info=True
+    )
+    _check_loading_info(f"hf:{spec.target}", info)
+    model = model.float().eval()
     name = str(spec)
     text = logit_scale = None
     if hasattr(model, "get_text_features"):
@@ -240,6 +359,23 @@ def _load_hf(spec: ModelSpec, trust_remote_code: bool, need_vision: bool) -> Tow
         return Towers(None, text, logit_scale)
     processor = _hf_image_processor(target, config, trust_remote_code)
     return Towers(HFSiglipReadout(model, processor, name=name), text, logit_scale)
+
+
+def _check_loading_info(name: str, info: dict[str, Any]) -> None:
+    """transformers only warns about weights the checkpoint lacks (and initialises them at
+    random): a readout of such a model would be silently wrong, so it is an error here."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:8]) + (
+                f", ... ({len(names) - 8} more)" if len(names) > 8 else ""
+            )
+            problems.append(f"{what}: {shown}")
+    if problems:
+        raise ValueError(
+            f"{name}: the checkpoint does not match the model; weights " + "; ".join(problems)
+        )
 
 
 def _hf_image_processor(target: str, config: Any, trust_remote_code: bool) -> Any:

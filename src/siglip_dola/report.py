@@ -23,6 +23,7 @@ __all__ = [
     "run_metadata",
     "format_table",
     "plot_layers",
+    "plot_retrieval",
     "summary_rows",
     "write_predictions",
 ]
@@ -126,31 +127,61 @@ def classification_results(
     }
 
 
+def _interval(r: VariantResult) -> str:
+    comparison = r.vs_baseline
+    if comparison is None or comparison.acc1_change_ci is None:
+        return ""
+    low, high = comparison.acc1_change_ci
+    return f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 def format_table(
     results: Sequence[VariantResult], title: str | None = None, limit: int | None = None
 ) -> str:
-    """A fixed-width comparison table, baseline first, then variants as given."""
+    """A fixed-width comparison table, baseline first, then variants as given.
+
+    ``d acc1`` is the change of top-1 accuracy against the baseline in points, ``95% CI``
+    its paired bootstrap interval, ``fixed`` / ``broken`` the images the variant gets right /
+    wrong that the baseline gets wrong / right, ``kept`` the mean APC kept-set size."""
     base = next(r for r in results if r.variant.kind == "baseline").metrics["acc1"]
+    rows = list(results[: limit or len(results)])
+    width = max([26, *(len(r.variant.name) for r in rows)])
     lines = []
     if title:
         lines.append(title)
-    header = f"{'variant':<26} {'acc1':>7} {'acc5':>7} {'mpcr':>7} {'d acc1':>8} {'kept':>6}"
+    header = (
+        f"{'variant':<{width}} {'acc1':>7} {'acc5':>7} {'mpcr':>7} {'d acc1':>8} "
+        f"{'95% CI':>16} {'fixed':>6} {'broken':>6} {'kept':>6}"
+    )
     lines += [header, "-" * len(header)]
-    for r in results[: limit or len(results)]:
+    for r in rows:
         m = r.metrics
-        kept = f"{r.mean_kept:6.2f}" if r.mean_kept is not None else f"{'':>6}"
+        kept = f"{r.mean_kept:6.2f}" if r.mean_kept is not None else ""
         delta = m["acc1"] - base
-        lines.append(
-            f"{r.variant.name:<26} {100 * m['acc1']:6.2f}% {100 * m['acc5']:6.2f}% "
-            f"{100 * m['mean_per_class_recall']:6.2f}% {100 * delta:+7.2f}% {kept}"
+        flips = r.vs_baseline
+        if r.variant.kind == "baseline" or flips is None:
+            fixed = broken = ""
+        else:
+            fixed, broken = str(flips.fixed), str(flips.broken)
+        ci = "" if r.variant.kind == "baseline" else _interval(r)
+        line = (
+            f"{r.variant.name:<{width}} {100 * m['acc1']:6.2f}% {100 * m['acc5']:6.2f}% "
+            f"{100 * m['mean_per_class_recall']:6.2f}% {100 * delta:+7.2f}% {ci:>16} "
+            f"{fixed:>6} {broken:>6} {kept:>6}"
         )
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
 def summary_rows(results: Sequence[VariantResult], limit: int = 12) -> list[VariantResult]:
-    """The rows a summary table shows: baseline, the per-bucket dynamic variants, APC-only,
-    then the best of the others by acc1."""
-    key = [r for r in results if r.variant.kind in ("baseline", "dynamic", "apc")]
+    """The rows a summary table shows: baseline, the per-bucket dynamic DoLa variants,
+    APC-only, then the best of the others (static, references) by acc1."""
+    key = [
+        r
+        for r in results
+        if r.variant.kind in ("baseline", "apc")
+        or (r.variant.kind == "dynamic" and r.variant.beta == 1.0)
+    ]
     others = sorted((r for r in results if r not in key), key=lambda r: -r.metrics["acc1"])
     return key + others[: max(0, limit - len(key))]
 
@@ -191,15 +222,23 @@ def write_predictions(path: Path | str, predictions: Predictions, model: str) ->
     return atomic_write_text(path, buffer.getvalue())
 
 
+LAYER_PLOTS = (
+    "per_layer_accuracy.png",
+    "chosen_layers.png",
+    "kept_set_sizes.png",
+    "flips_per_static_layer.png",
+)  # what plot_layers may write, checked for earlier copies before a run starts
+
+
 def plot_layers(
     out_dir: Path | str,
     per_layer_acc1: dict[int, float],
     results: Sequence[VariantResult],
     title: str = "",
 ) -> list[Path]:
-    """Per-layer readout accuracy, chosen-layer histogram and kept-set sizes as PNGs."""
-    import io
-
+    """PNGs: per-layer readout accuracy (with the mean JSD of each layer to the final one on a
+    second axis, where the single-layer variants carry it), the chosen-layer histogram of
+    dynamic mode, kept-set sizes, and the fixed / broken counts per static contrast layer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,7 +255,13 @@ def plot_layers(
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     layers = sorted(per_layer_acc1)
-    ax.plot(layers, [100 * per_layer_acc1[k] for k in layers], marker="o", ms=3)
+    ax.plot(
+        layers,
+        [100 * per_layer_acc1[k] for k in layers],
+        marker="o",
+        ms=3,
+        label="readout accuracy",
+    )
     base = next(r for r in results if r.variant.kind == "baseline").metrics["acc1"]
     ax.axhline(100 * base, color="gray", ls="--", lw=1, label="baseline (layer N)")
     ax.set(
@@ -224,8 +269,30 @@ def plot_layers(
         ylabel="top-1 accuracy (%)",
         title=title or "Per-layer readout accuracy",
     )
-    ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0]
+    jsd = {
+        r.variant.layers[0]: r.mean_jsd
+        for r in results
+        if r.variant.kind == "layer" and r.mean_jsd is not None
+    }
+    if jsd:
+        twin = ax.twinx()
+        jsd_layers = sorted(jsd)
+        twin.plot(
+            jsd_layers,
+            [jsd[k] for k in jsd_layers],
+            color="tab:red",
+            marker="s",
+            ms=3,
+            lw=1,
+            label="mean JSD(q_N || q_l)",
+        )
+        twin.set_ylabel("mean JSD to the final layer (nats)", color="tab:red")
+        twin.tick_params(axis="y", colors="tab:red")
+        twin.set_ylim(bottom=0)
+        handles += twin.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="center right", fontsize=8)
     save(fig, "per_layer_accuracy.png")
 
     # The contrast layer does not depend on alpha: one histogram per bucket is enough.
@@ -273,4 +340,89 @@ def plot_layers(
         )
         ax.legend(fontsize=8)
         save(fig, "kept_set_sizes.png")
+
+    # Fixed / broken per static contrast layer (DoLa's beta = 1), one pair of lines per alpha.
+    statics: dict[float, list[VariantResult]] = {}
+    for r in results:
+        if r.variant.kind == "static" and r.variant.beta == 1.0 and r.vs_baseline is not None:
+            statics.setdefault(r.variant.alpha, []).append(r)
+    if statics:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for k, (alpha, group) in enumerate(sorted(statics.items())):
+            group = sorted(group, key=lambda r: r.variant.layers[0])
+            xs = [r.variant.layers[0] for r in group]
+            color = f"C{k}"
+            ax.plot(
+                xs,
+                [r.vs_baseline.fixed for r in group],
+                color=color,
+                marker="^",
+                ms=3,
+                label=f"fixed, alpha={alpha:g}",
+            )
+            ax.plot(
+                xs,
+                [r.vs_baseline.broken for r in group],
+                color=color,
+                marker="v",
+                ms=3,
+                ls="--",
+                label=f"broken, alpha={alpha:g}",
+            )
+        n = next(iter(statics.values()))[0].vs_baseline.num_images
+        ax.set(
+            xlabel="static contrast layer M",
+            ylabel=f"images (of {n})",
+            title="Static DoLa vs baseline: fixed (baseline wrong, DoLa right) and broken",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        save(fig, "flips_per_static_layer.png")
+    return written
+
+
+RETRIEVAL_PLOTS = ("retrieval_recall.png", "retrieval_chosen_layers.png")
+
+
+def plot_retrieval(out_dir: Path | str, results: dict[str, Any], title: str = "") -> list[Path]:
+    """PNGs of a retrieval result (:func:`siglip_dola.retrieval.evaluate_retrieval`): recall@k
+    of the baseline and of DoLa in both directions, and the contrast layers DoLa chose (image
+    -> text; dynamic mode only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+
+    def save(fig, name: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(atomic_write_bytes(out_dir / name, buffer.getvalue()))
+
+    keys = list(results["metrics"])
+    baseline = [100 * results["metrics"][k] for k in keys]
+    dola = [100 * results["dola"]["metrics"][k] for k in keys]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    positions = range(len(keys))
+    ax.bar([x - 0.2 for x in positions], baseline, width=0.4, label="baseline")
+    ax.bar([x + 0.2 for x in positions], dola, width=0.4, label=f"DoLa ({results['dola']['mode']})")
+    ax.set_xticks(list(positions))
+    ax.set_xticklabels([k.replace("_retrieval_recall@", " R@") for k in keys], fontsize=8)
+    ax.set(ylabel="recall (%)", title=title or "Retrieval recall@k")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    save(fig, RETRIEVAL_PLOTS[0])
+    histogram = results["dola"].get("chosen_layer_histogram") or {}
+    if results["dola"]["mode"] == "dynamic" and histogram:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        ax.bar([int(k) for k in histogram], list(histogram.values()), width=0.8)
+        ax.set(
+            xlabel="contrast layer M chosen (argmax JSD)",
+            ylabel="images",
+            title="Retrieval, image -> text: chosen-layer histogram",
+        )
+        save(fig, RETRIEVAL_PLOTS[1])
     return written

@@ -1,4 +1,4 @@
-"""How a run reads images: batch size, workers, device, dtype, cache, progress.
+"""How a run reads images: batch size, workers, device, dtype, compile, cache, progress.
 
 One frozen object, checked once when it is made (the pattern of ``generate.sampling``'s
 ``SamplingConfig``) and passed whole to every function that reads images. The dtype parser,
@@ -23,6 +23,7 @@ __all__ = [
     "RunSettings",
     "check_device",
     "default_cache_dir",
+    "default_workers",
     "dtype_name",
     "parse_dtype",
 ]
@@ -42,11 +43,35 @@ DTYPE_ALIASES = {
     "float64": "float64",
 }
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # what a model may run in
+PIXEL_TRANSFERS = ("auto", "float32", "uint8")
+MAX_DEFAULT_WORKERS = 16  # enough to feed a fast GPU; more only adds memory in flight
 
 
 def default_cache_dir() -> Path:
     """``$SIGLIP_DOLA_CACHE``, else ``~/.cache/siglip_dola`` (read at call time)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "siglip_dola").expanduser()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Loader worker processes for one process: the CPUs it may use, shared with the other
+    data-parallel processes on this machine (``LOCAL_WORLD_SIZE``, set by torchrun and
+    accelerate launch), less one for the process itself, at most :data:`MAX_DEFAULT_WORKERS`.
+
+    Each worker decodes and preprocesses whole batches (a transformers image processor takes
+    about 10 ms per photo), so the main process only moves batches and runs the model.
+    """
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    except ValueError:
+        local = 1
+    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // local - 1))
 
 
 def canonical_dtype(name: Any) -> str:
@@ -105,6 +130,13 @@ class RunSettings:
 
     ``cache_dir=None`` turns the embedding and text-bank caches off. ``dtype`` is a name
     (``float32``, ``bfloat16``, ``float16``); :attr:`torch_dtype` is the torch object.
+    ``workers=0`` preprocesses in the calling process (the command line's default is
+    :func:`default_workers`). ``compile`` runs the image tower's blocks through
+    ``torch.compile`` (the first batches wait for the compiler). ``transfer``: how pixels go
+    from the loader to the device: ``float32`` as the model's transform makes them, ``uint8``
+    resized 8-bit pixels that the device maps to the very same float32 values (where the
+    transform splits so exactly; see :mod:`siglip_dola.readout.pixels`), ``auto`` = uint8 on
+    CUDA (a quarter of the bytes to pin and copy), float32 elsewhere.
     """
 
     batch_size: int = 64
@@ -113,6 +145,8 @@ class RunSettings:
     dtype: str = "float32"
     cache_dir: Path | None = None
     progress: bool = True
+    compile: bool = False
+    transfer: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
@@ -123,6 +157,10 @@ class RunSettings:
             raise TypeError(f"workers must be an integer, got {self.workers!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be True or False, got {self.compile!r}")
+        if self.transfer not in PIXEL_TRANSFERS:
+            raise ValueError(f"transfer must be one of {PIXEL_TRANSFERS}, got {self.transfer!r}")
         dtype = canonical_dtype(self.dtype)
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype {dtype} is not a compute dtype: use one of {COMPUTE_DTYPES}")

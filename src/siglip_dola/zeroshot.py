@@ -2,8 +2,10 @@
 
 1. :func:`layer_scores` - per-layer embeddings [L, N, D] x text bank -> scores [L, N, C];
 2. :func:`evaluate_variants` / :func:`evaluate_embeddings` - baseline, dynamic, static and
-   APC-only variants over an alpha grid, all from the same scores, with their metrics (a
-   batched form of :meth:`Variant.score`, tested equal to it);
+   APC-only variants over an alpha grid and the references (single layers, ensembles,
+   contrast strengths), all from the same scores, with their metrics, flips against the
+   baseline and bootstrap intervals (a batched form of :meth:`Variant.score`, tested equal
+   to it);
 3. :func:`evaluate_dataset` - text bank, one readout pass over an image set
    (:func:`siglip_dola.embeddings.extract_layer_embeddings`), every variant; data-parallel
    under torchrun.
@@ -26,27 +28,36 @@ from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageSet, Skipped
 from siglip_dola.distributed import DistContext
-from siglip_dola.dola import apc_only, class_softmax, contrast_stack_alphas, select_contrast_layer
+from siglip_dola.dola import (
+    apc_only,
+    class_softmax,
+    contrast_stack_alphas,
+    mean_logit_ensemble,
+    select_contrast_layer,
+)
 from siglip_dola.embeddings import LayerEmbeddingSet, as_tensor, extract_layer_embeddings
 from siglip_dola.metrics import (
     VariantResult,
     class_labels,
+    compare_with_baseline,
     metrics_of_ranks,
     ranks_of_checked_labels,
 )
 from siglip_dola.readout._common import move_batch
 from siglip_dola.readout.base import LoadedModel
 from siglip_dola.settings import RunSettings
+from siglip_dola.stats import DEFAULT_BOOTSTRAP, Bootstrap
 from siglip_dola.text import build_text_bank, validate_class_names
 from siglip_dola.variants import (
     Variant,
     VariantScores,
-    contrast_layers_needed,
     default_variants,
     ranking_scores,
+    readout_layers_needed,
 )
 
 __all__ = [
+    "BOOTSTRAP",
     "ClassifierOutput",
     "Evaluation",
     "Prediction",
@@ -63,6 +74,7 @@ __all__ = [
 # Scores held at once when evaluating variants: [layers, images, classes] blocks of 64 MB.
 SCORE_BLOCK_ELEMENTS = 16_000_000
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
+BOOTSTRAP = DEFAULT_BOOTSTRAP  # intervals of every evaluation: 2,000 resamples, 95%, seed 0
 
 ClassifierOutput = VariantScores  # what ZeroShotClassifier.predict returns
 
@@ -99,6 +111,7 @@ class _BlockOutcome:
     chosen: list[torch.Tensor | None]  # per variant [b]
     kept: list[torch.Tensor | None]  # per variant [b] kept-set sizes
     layer_correct: torch.Tensor  # [L, b] each layer's own readout right at top-1
+    jsd_sums: dict[int, float]  # layer l of a layer variant -> sum over b of JSD(q_N || q_l)
 
 
 def _block_outcome(
@@ -107,17 +120,22 @@ def _block_outcome(
     """Every variant on one block of per-layer scores [L, b, C] with labels [b].
 
     Log-distributions are computed once, the JSD only for layers that a dynamic variant
-    chooses among; the contrast layer of a dynamic variant depends on its candidates only,
-    and all contrasts of an alpha grid go through the DoLa core as one stack (built once
-    when every alpha has the same contrasts, as a grid of alphas does).
+    chooses among (and, apart, for the layers of single-layer variants, whose mean JSD is
+    reported); the contrast layer of a dynamic variant depends on its candidates only, and
+    all contrasts of an alpha grid at one strength beta go through the DoLa core as one stack
+    (built once when every alpha has the same contrasts, as a grid of alphas does). Every
+    layer's own label ranks are computed once: the single-layer variants take theirs.
     """
-    log_q = class_softmax(scores.float(), log=True)
+    scores_f = scores.float()
+    log_q = class_softmax(scores_f, log=True)
     log_final = log_q[-1]
     q_final = log_final.exp()
     row = {m: i for i, m in enumerate(layers)}
     dynamic_layers = sorted({m for v in variants if v.kind == "dynamic" for m in v.layers})
     column = {m: i for i, m in enumerate(dynamic_layers)}
     chosen: dict[tuple[int, ...], torch.Tensor] = {}  # dynamic candidates -> contrast rows [b]
+    jsd_sums: dict[int, float] = {}
+    single_layers = sorted({v.layers[0] for v in variants if v.kind == "layer"})
     if dynamic_layers:
         rows = torch.tensor([row[m] for m in dynamic_layers])
         _, divergence = select_contrast_layer(log_final, log_q.index_select(0, rows))  # [b, K]
@@ -126,10 +144,18 @@ def _block_outcome(
                 cols = torch.tensor([column[m] for m in variant.layers])
                 pick = divergence.index_select(1, cols).argmax(-1)  # first max: earliest
                 chosen[variant.layers] = torch.tensor(variant.layers)[pick]
+        for m in single_layers:
+            if m in column:
+                jsd_sums[m] = divergence[:, column[m]].double().sum().item()
+    others = [m for m in single_layers if m not in jsd_sums]
+    if others:
+        rows = torch.tensor([row[m] for m in others])
+        _, divergence = select_contrast_layer(log_final, log_q.index_select(0, rows))
+        for k, total in enumerate(divergence.double().sum(0).tolist()):
+            jsd_sums[others[k]] = total
     n = len(variants)
-    out = _BlockOutcome(
-        [None] * n, [None] * n, [None] * n, ranks_of_checked_labels(scores, labels) == 0
-    )
+    layer_ranks = ranks_of_checked_labels(scores, labels)  # [L, b], in the scores' own dtype
+    out = _BlockOutcome([None] * n, [None] * n, [None] * n, layer_ranks == 0, jsd_sums)
 
     def rank(group: list[int], ranking: torch.Tensor) -> None:  # ranking [len(group), b, C]
         ranks = ranks_of_checked_labels(ranking, labels)
@@ -139,6 +165,11 @@ def _block_outcome(
     for i, variant in enumerate(variants):
         if variant.kind == "baseline":
             rank([i], q_final[None])
+        elif variant.kind == "layer":
+            out.ranks[i] = layer_ranks[row[variant.layers[0]]]
+        elif variant.kind == "ensemble":
+            rows = torch.tensor([row[m] for m in variant.layers] + [len(layers) - 1])
+            rank([i], mean_logit_ensemble(scores_f.index_select(0, rows))[None])
         elif variant.kind == "apc":
             p_hat, kept = apc_only(log_final, variant.alpha)
             rank([i], ranking_scores(p_hat, kept, q_final, inplace=True)[None])
@@ -147,19 +178,19 @@ def _block_outcome(
             out.chosen[i] = chosen[variant.layers]
         else:
             out.chosen[i] = torch.full_like(q_final[:, 0], variant.layers[0], dtype=torch.long)
-    # alpha -> its contrast variants; then one stack per distinct list of contrasts
-    by_alpha: dict[float, list[int]] = {}
+    # (alpha, beta) -> its contrast variants; then one stack per beta and list of contrasts
+    by_alpha: dict[tuple[float, float], list[int]] = {}
     for i, v in enumerate(variants):
         if v.kind in ("dynamic", "static"):
-            by_alpha.setdefault(v.alpha, []).append(i)
+            by_alpha.setdefault((v.alpha, v.beta), []).append(i)
     by_contrasts: dict[tuple, list[tuple[float, list[int]]]] = {}
-    for alpha, group in by_alpha.items():
-        key = tuple((variants[i].kind, variants[i].layers) for i in group)
+    for (alpha, beta), group in by_alpha.items():
+        key = (beta, tuple((variants[i].kind, variants[i].layers) for i in group))
         by_contrasts.setdefault(key, []).append((alpha, group))
-    for members in by_contrasts.values():
+    for (beta, _), members in by_contrasts.items():
         first_group = [variants[i] for i in members[0][1]]
         stack = _contrast_stack_rows(log_q, row, first_group, chosen)
-        per_alpha = contrast_stack_alphas(log_final, stack, [alpha for alpha, _ in members])
+        per_alpha = contrast_stack_alphas(log_final, stack, [alpha for alpha, _ in members], beta)
         for (_, group), (p_hat, kept) in zip(members, per_alpha):
             rank(
                 group, ranking_scores(p_hat, kept, q_final, inplace=True)
@@ -190,7 +221,7 @@ def _contrast_stack_rows(
 
 
 def _check_layers(layers: list[int], variants: Sequence[Variant]) -> None:
-    missing = sorted(m for m in contrast_layers_needed(variants) if m not in layers)
+    missing = sorted(m for m in readout_layers_needed(variants) if m not in layers)
     if missing:
         raise ValueError(f"variants need layers {missing} that were not read out (have {layers})")
 
@@ -201,6 +232,7 @@ def _summarise(
     labels: torch.Tensor,
     variants: Sequence[Variant],
     num_classes: int,
+    bootstrap: Bootstrap | None = BOOTSTRAP,
 ) -> tuple[list[VariantResult], dict[int, float]]:
     def joined(parts: list[torch.Tensor]) -> torch.Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -209,14 +241,19 @@ def _summarise(
     per_layer = dict(zip(layers, layer_correct.float().mean(-1).tolist()))
     ranks = torch.stack([joined([o.ranks[v] for o in outcomes]) for v in range(len(variants))])
     metrics = metrics_of_ranks(ranks, labels, num_classes)
+    n = max(1, len(labels))
+    mean_jsd = {m: sum(o.jsd_sums[m] for o in outcomes) / n for m in outcomes[0].jsd_sums}
     results = []
     for v, variant in enumerate(variants):
         chosen = None if outcomes[0].chosen[v] is None else joined([o.chosen[v] for o in outcomes])
         kept = None if outcomes[0].kept[v] is None else joined([o.kept[v] for o in outcomes])
+        jsd = mean_jsd[variant.layers[0]] if variant.kind == "layer" else None
         results.append(
-            VariantResult(variant, metrics[v], ranks[v], chosen_layers=chosen, kept_sizes=kept)
+            VariantResult(
+                variant, metrics[v], ranks[v], chosen_layers=chosen, kept_sizes=kept, mean_jsd=jsd
+            )
         )
-    return results, per_layer
+    return compare_with_baseline(results, bootstrap), per_layer
 
 
 @torch.no_grad()
@@ -226,16 +263,21 @@ def evaluate_variants(
     labels: np.ndarray | torch.Tensor,
     variants: Sequence[Variant],
     num_classes: int | None = None,
+    bootstrap: Bootstrap | None = BOOTSTRAP,
 ) -> tuple[list[VariantResult], dict[int, float]]:
     """Every variant from one set of per-layer scores [L, N, C].
 
-    Returns the variant results (in order) and the top-1 accuracy of each layer's own readout.
+    Returns the variant results (in order, each with its flips against the baseline and,
+    unless ``bootstrap`` is None, the interval of its acc1 change) and the top-1 accuracy of
+    each layer's own readout.
     """
     layers = list(layers)
     _check_layers(layers, variants)
     labels_t = class_labels(labels, scores.shape[-1], scores.device)
     outcome = _block_outcome(scores, labels_t, layers, variants)
-    return _summarise([outcome], layers, labels_t, variants, num_classes or scores.shape[-1])
+    return _summarise(
+        [outcome], layers, labels_t, variants, num_classes or scores.shape[-1], bootstrap
+    )
 
 
 def _embedding_outcomes(
@@ -270,6 +312,7 @@ def evaluate_embeddings(
     num_classes: int | None = None,
     max_block_elements: int = SCORE_BLOCK_ELEMENTS,
     progress: bool = False,
+    bootstrap: Bootstrap | None = BOOTSTRAP,
 ) -> tuple[list[VariantResult], dict[int, float]]:
     """:func:`evaluate_variants` over image blocks, so that [L, N, C] never exists whole.
 
@@ -281,7 +324,9 @@ def evaluate_embeddings(
     outcomes, labels = _embedding_outcomes(
         embeddings, text_bank, tau, variants, max_block_elements, progress
     )
-    return _summarise(outcomes, layers, labels, variants, num_classes or text_bank.shape[0])
+    return _summarise(
+        outcomes, layers, labels, variants, num_classes or text_bank.shape[0], bootstrap
+    )
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -356,7 +401,7 @@ class ZeroShotClassifier:
             torch.device(self.settings.device),
             self.settings.torch_dtype,
         )
-        out = vision.forward_layers(batch, self.variant.contrast_layers)
+        out = vision.forward_layers(batch, self.variant.readout_layers)
         scores = layer_scores(out.embeddings.float().cpu(), self.text_bank, self.tau)
         return self.variant.score(scores, out.layers)
 
@@ -463,6 +508,7 @@ def evaluate_dataset(
     tau: float | None = None,
     settings: RunSettings | None = None,
     dist: DistContext | None = None,
+    bootstrap: Bootstrap | None = BOOTSTRAP,
 ) -> Evaluation | None:
     """Text bank, one readout pass over the images, then every variant from its scores.
 
@@ -477,7 +523,7 @@ def evaluate_dataset(
     ctx = dist or DistContext()
     depth = model.vision.depth
     layers = set(range(1, depth) if readout_layers is None else readout_layers)
-    layers |= contrast_layers_needed(variants)
+    layers |= readout_layers_needed(variants)
     bank = build_text_bank(
         model.text,
         image_set.class_names,
@@ -507,6 +553,11 @@ def evaluate_dataset(
     if len(labels) == 0:
         raise ValueError(f"no usable image in {image_set.name}: all {len(image_set)} were skipped")
     results, per_layer = _summarise(
-        all_outcomes, emb_layers, torch.as_tensor(labels), variants, len(image_set.class_names)
+        all_outcomes,
+        emb_layers,
+        torch.as_tensor(labels),
+        variants,
+        len(image_set.class_names),
+        bootstrap,
     )
     return Evaluation(results, per_layer, embeddings, bank, tau, labels, skipped)

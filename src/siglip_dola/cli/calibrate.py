@@ -1,4 +1,5 @@
-"""`siglip-dola calibrate`: choose bucket / layer / alpha on a validation set -> profile JSON."""
+"""`siglip-dola calibrate`: choose a variant on a validation set, with an honest error rate
+(chosen on one part, confirmed on a held-out part; or Holm-Bonferroni) -> profile JSON."""
 
 from __future__ import annotations
 
@@ -39,11 +40,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metric", default="acc1", choices=METRICS, help="metric to rank by (default acc1)"
     )
     g.add_argument(
+        "--procedure",
+        default="split",
+        choices=("split", "holm"),
+        help="split (default): choose the variant on one part of the validation images and "
+        "confirm it against the baseline on the held-out rest; holm: test every variant on all "
+        "of them and correct for their number (Holm-Bonferroni)",
+    )
+    g.add_argument(
         "--significance",
         type=float,
         default=0.05,
-        help="turn DoLa on only if its top-1 decisions differ from the baseline's with exact "
-        "McNemar p below this (default 0.05; 1 = any gain)",
+        help="turn DoLa on only if the candidate's decisions differ from the baseline's with "
+        "exact McNemar p below this (Holm-adjusted under --procedure holm; default 0.05; "
+        "1 = any gain)",
+    )
+    g.add_argument(
+        "--confirm-fraction",
+        type=float,
+        default=0.5,
+        help="share of the validation images held out to confirm the choice (split; "
+        "seeded by --seed, class-stratified; default 0.5)",
     )
     g.add_argument(
         "--val-fraction",
@@ -65,17 +82,23 @@ class CalibrateOptions:
     settings: RunSettings
     profile: Path
     metric: str
-    significance: float
+    procedure: object  # CalibrationProcedure
     val_fraction: float | None
     seed: int
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CalibrateOptions:
+        from siglip_dola.calibrate import CalibrationProcedure
         from siglip_dola.io import check_writable
 
         check_writable(args.profile, args.overwrite)
         if not 0.0 < args.significance <= 1.0:
             raise UsageError(f"--significance must be in (0, 1], got {args.significance}")
+        if not 0.0 < args.confirm_fraction < 1.0:
+            raise UsageError(f"--confirm-fraction must be in (0, 1), got {args.confirm_fraction}")
+        procedure = CalibrationProcedure(
+            args.procedure, args.significance, args.confirm_fraction, args.seed
+        )
         if args.val_fraction is not None and not 0.0 < args.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
         return cls(
@@ -86,7 +109,7 @@ class CalibrateOptions:
             settings=run_settings_from_args(args),
             profile=args.profile,
             metric=args.metric,
-            significance=args.significance,
+            procedure=procedure,
             val_fraction=args.val_fraction,
             seed=args.seed,
         )
@@ -110,10 +133,12 @@ def run(args: argparse.Namespace) -> int:
         evaluation.results,
         model=opts.model.spec,
         tau=evaluation.tau,
+        labels=evaluation.labels,
         metric=opts.metric,
         data_fingerprint=image_set.fingerprint(),
         num_images=evaluation.num_images,
-        significance=opts.significance,
+        procedure=opts.procedure,
+        num_classes=len(image_set.class_names),
         templates=templates,
     )
     ranked = rank_variants(evaluation.results, opts.metric)
@@ -126,10 +151,39 @@ def run(args: argparse.Namespace) -> int:
     )
     report_skips(evaluation.skipped)
     save_profile(profile, opts.profile)
-    verdict = (
+    print(verdict_lines(profile))
+    print(f"profile: {opts.profile}")
+    return 0
+
+
+def verdict_lines(profile: dict) -> str:
+    """What calibration decided, and on which images and p-value."""
+    validation = profile["validation"]
+    metric = validation["metric"]
+    if validation["procedure"]["method"] == "split":
+        select, confirm = validation["selection"], validation["confirmation"]
+        lines = [
+            f"chosen on {select['num_images']} images: {select['best']['variant']} "
+            f"({100 * select['best'][metric]:.2f}% vs baseline "
+            f"{100 * select['baseline'][metric]:.2f}%)"
+        ]
+        if confirm["variant"] is not None:
+            lines.append(
+                f"confirmation on the other {confirm['num_images']}: "
+                f"{100 * confirm['metrics'][metric]:.2f}% vs {100 * confirm['baseline'][metric]:.2f}%, "
+                f"{confirm['fixed']} fixed, {confirm['broken']} broken, McNemar p = "
+                f"{confirm['mcnemar_p_value']:.3g}"
+            )
+    else:
+        p_holm = validation.get("holm_p_value")
+        lines = [
+            f"Holm-Bonferroni over {len(validation['tests'])} variants: best "
+            f"{validation['best']['variant']}"
+            + ("" if p_holm is None else f", adjusted p = {p_holm:.3g}")
+        ]
+    lines.append(
         f"selected {profile['variant']}"
         if profile["mode"] != "off"
-        else "no DoLa variant beats the baseline: the profile keeps DoLa off"
+        else f"{validation['reason']}: the profile keeps DoLa off"
     )
-    print(f"{verdict}\nprofile: {opts.profile}")
-    return 0
+    return "\n".join(lines)

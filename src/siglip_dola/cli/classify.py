@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--classes", required=True, help="comma-separated class names or a file, one per line"
     )
     g.add_argument(
-        "--templates", default=None, help="template set or file (default 'a photo of a {c}.')"
+        "--templates",
+        default=None,
+        help="template set or file (default: the profile's templates, else 'a photo of a {c}.')",
     )
     add_dola_choice_options(p)
     p.add_argument("--tau", type=float, default=None, help="softmax temperature")
@@ -59,7 +61,7 @@ class ClassifyOptions:
         from siglip_dola.data import read_class_names
         from siglip_dola.io import check_writable
         from siglip_dola.report import PREDICTION_FORMATS
-        from siglip_dola.text import load_templates, validate_class_names
+        from siglip_dola.text import validate_class_names
 
         if args.output is not None:
             check_writable(args.output, args.overwrite)
@@ -68,18 +70,37 @@ class ClassifyOptions:
         names = read_class_names(args.classes)
         if not names:
             raise UsageError("--classes is required (comma-separated names or a file)")
+        if args.top_k < 1:
+            raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+        model = ModelOptions.from_args(args)
+        dola = DolaChoice.from_args(args)
+        if args.no_dola and dola.profile is not None:
+            raise UsageError("--no-dola and --profile contradict each other; drop one")
+        dola.check(model)
         return cls(
-            model=ModelOptions.from_args(args),
+            model=model,
             paths=tuple(collect_images(args.images)),
             class_names=validate_class_names(names),
-            templates=load_templates(args.templates or "photo"),
-            dola=DolaChoice.from_args(args),
+            templates=_templates(args.templates, dola.profile),
+            dola=dola,
             use_dola=not args.no_dola,
             tau=parse_tau(args.tau),
             top_k=args.top_k,
             output=args.output,
             settings=run_settings_from_args(args),
         )
+
+
+def _templates(spec: str | None, profile: dict | None) -> tuple[str, ...]:
+    """``--templates``, else the templates the profile was calibrated with, else one photo
+    template."""
+    from siglip_dola.text import load_templates
+
+    if spec is not None:
+        return load_templates(spec)
+    if profile is not None and profile.get("templates"):
+        return tuple(profile["templates"])
+    return load_templates("photo")
 
 
 def collect_images(inputs: list[str]) -> list[Path]:

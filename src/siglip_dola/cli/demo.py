@@ -43,9 +43,12 @@ class DemoOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
+        from siglip_dola.io import check_output_folder
+
         out = args.out or Path("results") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
+        if out.exists() and out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise UsageError(f"{out} already holds results; pass --overwrite or another --out")
+        check_output_folder(out)
         if not 0.0 < args.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
         return cls(out, args.val_fraction, args.seed, run_settings_from_args(args))
@@ -59,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from siglip_dola.io import atomic_write_json
     from siglip_dola.report import format_table, plot_layers
     from siglip_dola.variants import default_variants
+    from siglip_dola.zeroshot import BOOTSTRAP
 
     opts = DemoOptions.from_args(args)
     model = ModelOptions(BUNDLED_MODEL).load(opts.settings)
     data = load_dataset("bundled:fashion-mnist")
     depth = model.vision.depth
-    variants = default_variants(depth, 3, ALPHAS, None, apc=True)
+    variants = default_variants(depth, 3, ALPHAS, None, apc=True, references=True)
     val_ids, test_ids = data.split_indices(opts.val_fraction, seed=opts.seed)
     print(
         f"bundled demo: SigLIP ({depth} vision layers) trained on Fashion-MNIST; "
@@ -86,9 +90,15 @@ def run(args: argparse.Namespace) -> int:
     print(
         format_table(
             experiment.shown(),
-            title=f"test split ({len(test_ids)} images; the static layer shown is the best "
-            "on validation)",
+            title=f"test split ({len(test_ids)} images; the static, single-layer, ensemble and "
+            "b= rows shown are the best on validation)",
         )
+    )
+    print(
+        f"d acc1 and its 95% CI: change against the baseline in points (paired bootstrap over "
+        f"the test images, {BOOTSTRAP.resamples} resamples, seed {BOOTSTRAP.seed});\n"
+        "fixed / broken: images the variant gets right / wrong that the baseline gets wrong / "
+        "right"
     )
     print(experiment.decision())
     on_test = experiment.validation_best_on_test()

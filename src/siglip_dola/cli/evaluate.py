@@ -12,8 +12,10 @@ from typing import Any
 from siglip_dola.cli import rerank
 from siglip_dola.cli.options import (
     DataOptions,
+    DolaChoice,
     ModelOptions,
     OutputOptions,
+    UsageError,
     add_data_options,
     add_grid_options,
     add_model_options,
@@ -58,20 +60,41 @@ class EvalOptions:
     model: ModelOptions
     data: list[DataOptions]
     grid: object  # VariantGrid
+    dola: DolaChoice
     tau: float | None
     settings: RunSettings
     output: OutputOptions
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalOptions:
-        return cls(
+        from siglip_dola.models import peek_depth
+        from siglip_dola.report import LAYER_PLOTS
+
+        if args.shortlist is not None:
+            raise UsageError("--shortlist applies to --task zeroshot_retrieval only")
+        opts = cls(
             model=ModelOptions.from_args(args),
             data=DataOptions.many_from_args(args),
             grid=grid_from_args(args),
+            dola=DolaChoice.from_args(args),
             tau=parse_tau(args.tau),
             settings=run_settings_from_args(args),
-            output=OutputOptions.from_args(args),
+            output=OutputOptions.from_args(args, LAYER_PLOTS),
         )
+        opts.dola.check(opts.model)
+        depth = peek_depth(opts.model.resolved_spec)
+        if depth is not None:
+            opts.variants(depth)  # layer numbers, before the model loads
+        return opts
+
+    def variants(self, depth: int) -> list:
+        """The grid; or, with ``--profile`` / ``--layers`` / ``--static-layer`` / ``--alpha``,
+        exactly that one variant next to the baseline."""
+        from siglip_dola.variants import Variant
+
+        if self.dola.given:
+            return [Variant.baseline(), self.dola.variant(depth)]
+        return self.grid.variants(depth)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with process_group_from_env(opts.settings.device) as ctx:
         model = opts.model.load(opts.settings)
-        variants = opts.grid.variants(model.vision.depth)
+        variants = opts.variants(model.vision.depth)
         for data, (image_set, templates), output in zip(opts.data, loaded, outputs):
             start = time.perf_counter()
             evaluation = evaluate_dataset(
@@ -142,6 +165,10 @@ def _report(
             f"{len(image_set.class_names)} classes, {len(templates)} templates, "
             f"tau={evaluation.tau:.4g}, {ctx.world_size} process(es)",
         )
+    )
+    print(
+        "d acc1: change against the baseline in points, 95% CI its paired bootstrap interval "
+        "over the images; fixed / broken: right / wrong where the baseline is wrong / right"
     )
     report_skips(evaluation.skipped)
     report_warnings(image_set.warnings, image_set.name)

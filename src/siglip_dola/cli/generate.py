@@ -140,7 +140,7 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
         "--dtype", default=None, help="cast to bfloat16, float16 or float32 (default: keep)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no log lines")
     p.set_defaults(func=cmd_convert)
 
 
@@ -175,11 +175,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from siglip_dola.generate.backend import quiet_transformers
     from siglip_dola.generate.convert import convert_checkpoint
     from siglip_dola.generate.options import parse_dtype
+    from siglip_dola.hub import quiet_transformers
+    from siglip_dola.io import check_output_folder
 
     dtype = parse_dtype(args.dtype) if args.dtype else None
+    check_output_folder(args.dst)  # writable, before a minutes-long conversion starts
     log = _log(args.quiet)
 
     def on_shard(path: Path) -> None:

@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("layers")
     g.add_argument("--buckets", type=int, default=3, help="number of layer buckets (default 3)")
     add_tau_option(g)
-    g.add_argument("--plots", type=Path, default=None, help="folder for the per-layer plot")
+    g.add_argument(
+        "--plots", type=Path, default=None, help="folder for the per-layer plot (needs --dataset)"
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace plots already in --plots")
     p.set_defaults(func=run)
 
 
@@ -43,8 +46,15 @@ class LayersOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LayersOptions:
+        from siglip_dola.io import check_output_folder
+        from siglip_dola.report import LAYER_PLOTS
+
         if args.buckets < 1:
             raise UsageError(f"--buckets must be >= 1, got {args.buckets}")
+        if args.plots is not None:
+            if args.dataset is None:
+                raise UsageError("--plots needs --dataset (the plot shows per-layer accuracy)")
+            check_output_folder(args.plots, LAYER_PLOTS, args.overwrite)
         return cls(
             model=ModelOptions.from_args(args),
             data=DataOptions.from_args(args) if args.dataset is not None else None,

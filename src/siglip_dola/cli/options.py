@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from siglip_dola.settings import COMPUTE_DTYPES, RunSettings, default_cache_dir
+from siglip_dola.settings import COMPUTE_DTYPES, RunSettings, default_cache_dir, default_workers
 
 if TYPE_CHECKING:  # pragma: no cover
     from siglip_dola.variants import VariantGrid
@@ -42,6 +42,7 @@ __all__ = [
     "report_warnings",
     "results_paths",
     "run_settings_from_args",
+    "warn",
 ]
 
 BUNDLED_MODEL = "bundled"
@@ -93,10 +94,16 @@ class ModelOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
+        from siglip_dola.models import parse_spec
+
         spec = str(args.model).strip()
         if not spec:
             raise UsageError("--model is empty")
-        return cls(spec, args.text_model, args.head_from, bool(args.trust_remote_code))
+        opts = cls(spec, args.text_model, args.head_from, bool(args.trust_remote_code))
+        parse_spec(opts.resolved_spec)  # syntax and local paths, before anything loads
+        if opts.text_spec is not None:
+            parse_spec(opts.text_spec)
+        return opts
 
     @property
     def resolved_spec(self) -> str:
@@ -118,6 +125,7 @@ class ModelOptions:
             dtype=settings.torch_dtype,
             trust_remote_code=self.trust_remote_code,
             head_from=self.head_from,
+            progress=settings.progress,
         )
 
 
@@ -139,7 +147,18 @@ def add_run_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
         help=f"images per forward pass (default {batch_size})",
     )
     g.add_argument(
-        "--workers", type=int, default=0, help="image decoding worker processes (default 0)"
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that decode and preprocess images while the model runs; 0 = in this "
+        f"process (default here: {default_workers()}, the CPUs this process may use less one, "
+        "shared among data-parallel processes, at most 16)",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image tower's blocks (faster on GPUs once compiled; the first "
+        "batches wait for the compiler)",
     )
     g.add_argument(
         "--cache-dir",
@@ -153,16 +172,24 @@ def add_run_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
 
 
 def run_settings_from_args(args: argparse.Namespace) -> RunSettings:
-    """The run flags as checked :class:`RunSettings` (``--no-cache``: no cache folder)."""
+    """The run flags as checked :class:`RunSettings` (``--no-cache``: no cache folder): the
+    device exists here and the cache folder can be written, before any model loads."""
+    from siglip_dola.io import check_output_folder
+    from siglip_dola.settings import check_device
+
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     try:
+        check_device(args.device)
+        if cache is not None:
+            check_output_folder(cache)
         return RunSettings(
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=default_workers() if args.workers is None else args.workers,
             device=args.device,
             dtype=args.dtype,
             cache_dir=cache,
             progress=not args.quiet,
+            compile=bool(args.compile),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(_flag_message(str(exc))) from None
@@ -428,7 +455,7 @@ def results_paths(
 def report_warnings(warnings: Sequence[str], name: str) -> None:
     """A data set's warnings on stderr, one line each."""
     for warning in warnings:
-        print(f"warning: {name}: {warning}", file=sys.stderr)
+        warn(f"{name}: {warning}")
 
 
 # ----------------------------------------------------------------------------- variants
@@ -499,30 +526,51 @@ def add_dola_choice_options(p: argparse.ArgumentParser, title: str = "DoLa") -> 
     g.add_argument(
         "--static-layer", type=int, default=None, help="static mode with this contrast layer"
     )
-    g.add_argument("--alpha", type=float, default=0.1, help="APC alpha (default 0.1)")
+    g.add_argument("--alpha", type=float, default=None, help="APC alpha (default 0.1)")
     g.add_argument(
-        "--profile", type=Path, default=None, help="calibration profile (mode, layers, alpha)"
+        "--profile",
+        type=Path,
+        default=None,
+        help="calibration profile: sets mode, layers, alpha (and, for classify, the templates); "
+        "cannot be combined with --layers, --static-layer or --alpha",
     )
 
 
 @dataclass(frozen=True)
 class DolaChoice:
-    """One DoLa variant as the flags describe it; layer lists are checked once the model's
-    depth is known (:meth:`variant`)."""
+    """One DoLa variant as the flags describe it: explicit flags or a calibration profile,
+    never both. Layer lists are checked once the model's depth is known (:meth:`variant`)."""
 
     layers: str | None = None
     static_layer: int | None = None
     alpha: float = 0.1
     profile: dict[str, Any] | None = None
     profile_path: Path | None = None
+    given: bool = False  # any of the flags (or a profile) was given
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DolaChoice:
         from siglip_dola.calibrate import load_profile
 
-        alpha = parse_alphas(str(args.alpha), "--alpha")[0]
+        given = [
+            flag
+            for flag, value in (
+                ("--layers", args.layers),
+                ("--static-layer", args.static_layer),
+                ("--alpha", args.alpha),
+            )
+            if value is not None
+        ]
+        if args.profile and given:
+            raise UsageError(
+                f"--profile sets the DoLa variant; it cannot be combined with {', '.join(given)}"
+            )
+        if args.layers is not None and args.static_layer is not None:
+            raise UsageError("pass either --layers (dynamic) or --static-layer (static), not both")
+        alpha = 0.1 if args.alpha is None else parse_alphas(str(args.alpha), "--alpha")[0]
         profile = load_profile(args.profile) if args.profile else None
-        return cls(args.layers, args.static_layer, alpha, profile, args.profile)
+        given = bool(given or profile is not None)
+        return cls(args.layers, args.static_layer, alpha, profile, args.profile, given)
 
     def variant(self, depth: int, use_dola: bool = True) -> Any:
         """The :class:`~siglip_dola.variants.Variant` for a model of ``depth`` layers."""
@@ -541,6 +589,26 @@ class DolaChoice:
             static_layer=self.static_layer,
             alpha=self.alpha,
         )
+
+    def check(self, model: ModelOptions) -> None:
+        """Before the model loads: layer numbers against its depth where its config tells,
+        and a warning when the profile was made for another model."""
+        from siglip_dola.models import peek_depth
+
+        depth = peek_depth(model.resolved_spec)
+        if depth is not None:
+            self.variant(depth)
+        made_for = (self.profile or {}).get("model")
+        if made_for and made_for not in (model.spec, model.resolved_spec):
+            warn(
+                f"profile {self.profile_path} was calibrated for {made_for}, not {model.spec}; "
+                "its layers and alpha may not suit this model"
+            )
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr (the run goes on)."""
+    print(f"siglip-dola: warning: {message}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -564,12 +632,20 @@ class OutputOptions:
     overwrite: bool = False
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> OutputOptions:
-        from siglip_dola.io import check_writable
+    def from_args(
+        cls, args: argparse.Namespace, plot_files: Sequence[str] | None = None
+    ) -> OutputOptions:
+        """``plot_files``: the names ``--plots`` would receive (checked for earlier copies);
+        ``None`` where the command makes no plots, which makes ``--plots`` an error."""
+        from siglip_dola.io import check_output_folder, check_writable
 
         opts = cls(getattr(args, "output", None), getattr(args, "plots", None), args.overwrite)
         if opts.output is not None:
             check_writable(opts.output, opts.overwrite)
+        if opts.plots is not None:
+            if plot_files is None:
+                raise UsageError("--plots: this command makes no plots")
+            check_output_folder(opts.plots, plot_files, opts.overwrite)
         return opts
 
 

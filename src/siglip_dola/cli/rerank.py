@@ -23,6 +23,7 @@ from siglip_dola.cli.options import (
 from siglip_dola.settings import RunSettings
 
 DEFAULT_DATASET = "bundled:photos"
+DEFAULT_SHORTLIST = 50
 
 
 def add_rerank_options(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
     add_dola_choice_options(p, "retrieval re-ranking")
     p.add_argument(
         "--shortlist",
-        default="50",
+        default=None,
         help="captions/images re-ranked per query: N or all (default 50)",
     )
     p.add_argument(
@@ -67,18 +68,24 @@ class RerankOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RerankOptions:
-        return cls(
+        from siglip_dola.report import RETRIEVAL_PLOTS
+
+        opts = cls(
             model=ModelOptions.from_args(args),
             data=RetrievalDataOptions.many_from_args(args),
             shortlist=_shortlist(args.shortlist),
             dola=DolaChoice.from_args(args),
             tau=parse_tau(args.tau),
             settings=run_settings_from_args(args),
-            output=OutputOptions.from_args(args),
+            output=OutputOptions.from_args(args, RETRIEVAL_PLOTS),
         )
+        opts.dola.check(opts.model)
+        return opts
 
 
-def _shortlist(text: str) -> int | None:
+def _shortlist(text: str | None) -> int | None:
+    if text is None:
+        return DEFAULT_SHORTLIST
     if str(text) == "all":
         return None
     try:
@@ -138,4 +145,12 @@ def run(args: argparse.Namespace) -> int:
         if output is not None:
             atomic_write_json(output, results)
             print(f"results: {output}")
+        if opts.output.plots:
+            from siglip_dola.report import plot_retrieval
+
+            folder = opts.output.plots
+            if len(datasets) > 1:
+                folder = folder / dataset.name.replace("/", "_")
+            for path in plot_retrieval(folder, results, f"{opts.model.spec} on {dataset.name}"):
+                print(f"plot: {path}")
     return 0

@@ -139,8 +139,10 @@ def _tar_members(f, total: int):
             raise ValueError(f"the archive ends inside a member's data at byte {total}")
         if kind in (b"x", b"L"):
             data = f.read(size)
-            long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode(
-                "utf-8", "surrogateescape"
+            long_name = (
+                _pax_path(data)
+                if kind == b"x"
+                else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
             )
         elif kind in _REGULAR:
             name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")

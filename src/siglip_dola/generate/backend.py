@@ -9,10 +9,8 @@ fails before anything heavy happens.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from siglip_dola.generate.convert import (
     plan_conversion,
 )
 from siglip_dola.generate.sampling import IMAGE_START_TAG, SpecialTokens
+from siglip_dola.hub import quiet_transformers
 from siglip_dola.settings import default_cache_dir
 
 __all__ = [
@@ -116,26 +115,6 @@ def default_conversion_dir(source: ModelSource) -> Path:
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-@contextlib.contextmanager
-def quiet_transformers(progress: bool = True) -> Iterator[None]:
-    """Silence transformers' warnings (and its progress bars unless ``progress``)."""
-    # transformers warns when AutoTokenizer peeks at a non-HF config.json; the warning is
-    # about a case we handle, so it would only confuse.
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _hf_folder(

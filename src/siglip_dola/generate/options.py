@@ -28,6 +28,7 @@ from siglip_dola.generate.convert import ConversionPlan, require_janus_transform
 from siglip_dola.generate.prompts import load_negatives, load_prompts
 from siglip_dola.generate.sampling import SamplingConfig
 from siglip_dola.generate.select import SELECT_MODES
+from siglip_dola.io import check_output_folder
 from siglip_dola.settings import canonical_dtype, check_device, dtype_name
 from siglip_dola.settings import parse_dtype as torch_dtype_of
 
@@ -125,13 +126,13 @@ class GenerateOptions:
         device = check_device(
             _auto_device(args.device), local_rank=_launcher_local_rank(args.shard)
         )
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} is a file, not a folder")
+        out = check_output_folder(Path(args.out).expanduser())
         source = resolve_model(args.model)
         scoring = _check_selection(args)
         negatives = load_negatives(args.negatives) if args.negatives else None
         converted = Path(args.converted_dir).expanduser() if args.converted_dir else None
+        if converted is not None:
+            check_output_folder(converted)
         conversion = None
         if source.kind == "deepseek":
             target = converted or default_conversion_dir(source)

@@ -235,7 +235,7 @@ def auto_batch_prompts(bundle: JanusBundle, rows_per_prompt: int, prompt_tokens:
 def _load_scorer(opts: GenerateOptions) -> CandidateScorer | None:
     if opts.select == "first":
         return None
-    from siglip_dola.generate.backend import quiet_transformers
+    from siglip_dola.hub import quiet_transformers
     from siglip_dola.models import load_model
 
     with quiet_transformers(progress=not opts.quiet):

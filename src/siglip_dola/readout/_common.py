@@ -58,6 +58,24 @@ def move_batch(
     return moved
 
 
+def compile_blocks(blocks: Iterable[nn.Module]) -> None:
+    """Each transformer block through ``torch.compile``, in place (``nn.Module.compile``).
+
+    Blocks of one tower share their code, so one compiled graph serves all of them (dynamo
+    inlines the modules and passes their weights in); a batch of a new size compiles once
+    more, with a dynamic batch dimension. The compiler runs at the first call, not here.
+    """
+    for block in blocks:
+        block.compile()
+
+
+def is_compile_failure(exc: BaseException) -> bool:
+    """True for the errors torch.compile raises when it cannot compile here (no C++ compiler
+    or Triton, an unsupported Python, ...), as opposed to errors of the model itself."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("torch._dynamo", "torch._inductor"))
+
+
 def weights_fingerprint(*modules: nn.Module, extra: str = "") -> str:
     """A short hash that changes when the weights change (for cache keys).
 

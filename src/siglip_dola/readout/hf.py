@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from siglip_dola.readout._common import (
+    compile_blocks,
     move_batch,
     parameter_device_dtype,
     resolve_layers,
@@ -30,6 +31,7 @@ from siglip_dola.readout._common import (
 )
 from siglip_dola.readout.attention_pool import MapPooling, supports_fused_map_pool
 from siglip_dola.readout.base import Batch, LayerEmbeddings, Sample, collate_samples
+from siglip_dola.readout.pixels import Uint8Pixels, ramp_image
 
 __all__ = [
     "HFImageTransform",
@@ -77,15 +79,6 @@ def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _project_in_chunks(pooling: MapPooling, mixed: torch.Tensor, rows: int) -> torch.Tensor:
-    # Chunks of at most B * T rows keep the head's temporaries no larger than a block's own, so
-    # they reuse memory the blocks just freed; larger ones would be fresh pages, and first
-    # writes to fresh pages (page faults) cost more than the head's arithmetic here.
-    if len(mixed) <= rows:
-        return pooling.project(mixed)
-    return torch.cat([pooling.project(part) for part in mixed.split(rows)])
-
-
 def _encoder_attention_mask(
     vision: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None
 ) -> Any:
@@ -115,6 +108,37 @@ class HFImageTransform:
     def __call__(self, image: Image.Image) -> Sample:
         out = self.processor(images=[image], return_tensors="pt")
         return {key: out[key][0] for key in VISION_INPUTS if key in out}
+
+    def uint8_split(self) -> Uint8Pixels | None:
+        """The processor's resize in the workers as uint8, its rescale and normalisation as a
+        lookup table on the device (see :mod:`~siglip_dola.readout.pixels`); ``None`` where
+        the output is more than pixels (SigLIP2's patches and mask) or the split would change
+        a pixel."""
+        image = ramp_image()
+        if set(self(image)) != {"pixel_values"}:
+            return None
+        try:
+            ramp = self.processor(images=[image], do_resize=False, return_tensors="pt")
+        except (TypeError, ValueError):
+            return None
+        return Uint8Pixels.verified(
+            _ProcessorGeometry(self.processor),
+            ramp["pixel_values"][0],
+            lambda image: self(image)["pixel_values"],
+        )
+
+
+class _ProcessorGeometry:
+    """The processor without its rescale and normalisation: resized 8-bit pixels [3, H, W]."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        out = self.processor(
+            images=[image], do_rescale=False, do_normalize=False, return_tensors="pt"
+        )
+        return torch.as_tensor(out["pixel_values"][0])
 
 
 class HFSiglipReadout:
@@ -191,8 +215,8 @@ class HFSiglipReadout:
                 tokens = self.vision.post_layernorm(hidden)
                 pooling.mix(tokens, patch_mask, out=mixed[slot[index]])
         if pooling is not None:
-            pooled = _project_in_chunks(
-                pooling, mixed.flatten(0, 1), hidden.shape[0] * hidden.shape[1]
+            pooled = pooling.project_in_chunks(
+                mixed.flatten(0, 1), hidden.shape[0] * hidden.shape[1]
             )
         else:
             stacked = self.vision.post_layernorm(torch.cat(kept))  # [L * B, T, width]
@@ -211,6 +235,12 @@ class HFSiglipReadout:
     def to(self, device: Any = None, dtype: Any = None) -> HFSiglipReadout:
         self.vision.to(device=device, dtype=dtype)
         self._fingerprint = None
+        return self
+
+    def compile(self) -> HFSiglipReadout:
+        """The encoder layers through ``torch.compile`` (in place; the library's own forward
+        uses them too); returns self."""
+        compile_blocks(self.blocks)
         return self
 
     def _inputs(self, batch: Batch) -> Batch:

@@ -36,6 +36,7 @@ from siglip_dola.checkpoints import (
     vision_tensors_from_hf,
     vision_tower_shape,
 )
+from siglip_dola.readout.pixels import Uint8Pixels, ramp_image
 from siglip_dola.readout.timm_vit import TimmViTReadout
 
 __all__ = [
@@ -274,6 +275,10 @@ class JanusImageTransform:
         )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self._normalise(self.resize_and_pad(image))
+
+    def resize_and_pad(self, image: Image.Image) -> torch.Tensor:
+        """The 8-bit half: resized, padded to a square, uint8 [3, S, S]."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
@@ -284,9 +289,17 @@ class JanusImageTransform:
             max(int(width / longest * self.image_size), self.min_size),
         ]
         image = F.resize(image.convert("RGB"), size, InterpolationMode.BICUBIC, antialias=True)
-        image = _pad_to_square(image, self.background)
-        pixels = F.pil_to_tensor(image).float().div_(255.0)
-        return (pixels - self.mean) / self.std
+        return F.pil_to_tensor(_pad_to_square(image, self.background))
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float().div_(255.0) - self.mean) / self.std
+
+    def uint8_split(self) -> Uint8Pixels | None:
+        """:meth:`resize_and_pad` in the workers, the normalisation as a device lookup table."""
+        from torchvision.transforms import functional as F
+
+        ramp = self._normalise(F.pil_to_tensor(ramp_image()))
+        return Uint8Pixels.verified(self.resize_and_pad, ramp, self)
 
 
 def _pad_to_square(image: Image.Image, colour: tuple[int, ...]) -> Image.Image:

@@ -10,6 +10,14 @@ of it (``janus.models.siglip_vit.VisionTransformer``) both have:
 
 Janus's ``get_intermediate_layers`` silently drops negative indices and returns a tuple,
 so indices are passed as non-negative block indices and the count is checked.
+
+A timm ``VisionTransformer`` whose head is a single-query ``AttentionPoolLatent`` (SigLIP's MAP
+head: timm, open_clip and Janus towers built here) is read out in the head's fused form
+instead (see :mod:`~siglip_dola.readout.attention_pool`): the blocks run once, each requested
+layer's normed tokens are reduced to [B, heads, width] as its block produces them, and the
+head's projection and MLP run once for all layers; no [L * B, T, width] stack is built.
+Other towers and heads (DeepSeek's own class, more latents, q/k norms, token pooling) take
+the method pair.
 """
 
 from __future__ import annotations
@@ -22,14 +30,17 @@ from PIL import Image
 from torch import nn
 
 from siglip_dola.readout._common import (
+    compile_blocks,
     move_batch,
     parameter_device_dtype,
     resolve_layers,
     weights_fingerprint,
 )
+from siglip_dola.readout.attention_pool import LatentPooling, supports_fused_latent_pool
 from siglip_dola.readout.base import Batch, LayerEmbeddings, Sample, collate_samples
+from siglip_dola.readout.pixels import Uint8Pixels, split_torchvision
 
-__all__ = ["PixelTransform", "TimmViTReadout", "timm_transform"]
+__all__ = ["PixelTransform", "TimmViTReadout", "supports_fused_readout", "timm_transform"]
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -43,6 +54,12 @@ class PixelTransform:
     def __call__(self, image: Image.Image) -> Sample:
         return {"pixel_values": self.transform(image)}
 
+    def uint8_split(self) -> Uint8Pixels | None:
+        """The transform as uint8 pixels + a device lookup table, where it splits so exactly
+        (see :mod:`~siglip_dola.readout.pixels`); ``None`` otherwise."""
+        own = getattr(self.transform, "uint8_split", None)  # e.g. Janus's transform
+        return own() if own is not None else split_torchvision(self.transform)
+
 
 class TimmViTReadout:
     """Per-layer readout through ``norm`` + ``forward_head`` (+ an optional projection).
@@ -50,7 +67,8 @@ class TimmViTReadout:
     ``pre_logits=True`` stops before the classifier (the SigLIP image embedding of a timm
     ViT with a MAP head). ``projection`` is applied after the head (open_clip's
     ``visual.head``). ``transform`` maps one RGB PIL image to a [3, H, W] tensor; by
-    default it is built from the model's timm data config.
+    default it is built from the model's timm data config. ``fused_head=False`` reads every
+    layer out through the head module even where the fused form applies.
     """
 
     def __init__(
@@ -60,6 +78,7 @@ class TimmViTReadout:
         transform: Transform | None = None,
         pre_logits: bool = True,
         projection: nn.Module | None = None,
+        fused_head: bool = True,
     ) -> None:
         missing = [m for m in ("get_intermediate_layers", "forward_head") if not hasattr(model, m)]
         blocks = getattr(model, "blocks", None)
@@ -76,6 +95,7 @@ class TimmViTReadout:
         self.pre_logits = pre_logits
         self.projection = projection
         self._transform = transform
+        self.fused_head = fused_head and supports_fused_readout(model)
         self._embed_dim: int | None = None
         self._fingerprint: str | None = None
 
@@ -115,6 +135,9 @@ class TimmViTReadout:
         """One pass through the blocks -> head(norm(h_l)) for ``layers`` plus N, [L, B, D]."""
         numbers = resolve_layers(layers, self.depth)
         pixels = self._pixels(batch)
+        if self.fused_head:
+            pooled = self._fused_layers(pixels, numbers)
+            return LayerEmbeddings(numbers, pooled.view(len(numbers), pixels.shape[0], -1))
         outputs = self.model.get_intermediate_layers(
             pixels, n=[layer - 1 for layer in numbers], norm=True, return_prefix_tokens=True
         )
@@ -140,10 +163,40 @@ class TimmViTReadout:
         pooled = self.model.forward_head(tokens, pre_logits=self.pre_logits)
         return pooled if self.projection is None else self.projection(pooled)
 
+    def _fused_layers(self, pixels: torch.Tensor, numbers: tuple[int, ...]) -> torch.Tensor:
+        """The blocks once, each requested layer's tokens mixed by the folded head as its block
+        produces them, then the head's output block and what follows the pool in
+        ``forward_head`` for all layers at once: [L * B, D]."""
+        model = self.model
+        slot = {layer - 1: i for i, layer in enumerate(numbers)}
+        hidden = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(pixels))))
+        # The patch embedding leaves tokens transposed in memory (conv output flattened, then
+        # transposed) and every residual add keeps that layout, so each linear layer would copy
+        # its input first; one copy here gives the blocks contiguous tokens (same values).
+        hidden = hidden.contiguous()
+        pooling = LatentPooling(model.attn_pool)
+        skip = 0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens
+        mixed = hidden.new_empty((len(numbers), hidden.shape[0], pooling.heads, hidden.shape[-1]))
+        for index, block in enumerate(model.blocks):
+            hidden = block(hidden)
+            if index in slot:
+                pooling.mix(model.norm(hidden)[:, skip:], out=mixed[slot[index]])
+        pooled = pooling.project_in_chunks(mixed.flatten(0, 1), hidden.shape[0] * hidden.shape[1])
+        pooled = model.head_drop(model.fc_norm(pooled))
+        if not self.pre_logits:
+            pooled = model.head(pooled)
+        return pooled if self.projection is None else self.projection(pooled)
+
     def to(self, device: Any = None, dtype: Any = None) -> TimmViTReadout:
         for module in self._modules():
             module.to(device=device, dtype=dtype)
         self._fingerprint = None
+        return self
+
+    def compile(self) -> TimmViTReadout:
+        """The tower's blocks through ``torch.compile`` (in place; the method pair and the
+        model's own forward use them too); returns self."""
+        compile_blocks(self.model.blocks)
         return self
 
     # ------------------------------------------------------------------------- internals
@@ -164,6 +217,26 @@ class TimmViTReadout:
         tokens = getattr(self.model, "num_prefix_tokens", 0) + 1
         device, dtype = parameter_device_dtype(self.model)
         return int(self.pool(torch.zeros(1, tokens, width, device=device, dtype=dtype)).shape[-1])
+
+
+def supports_fused_readout(model: nn.Module) -> bool:
+    """True for a timm ``VisionTransformer`` (its own forward stages) whose pooling head folds
+    (:func:`~siglip_dola.readout.attention_pool.supports_fused_latent_pool`)."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    if not isinstance(model, VisionTransformer):
+        return False
+    own_stages = ("forward_features", "forward_head", "pool")
+    if any(
+        getattr(type(model), m, None) is not getattr(VisionTransformer, m, None) for m in own_stages
+    ):
+        return False
+    # timm releases without pool_include_prefix gave the head every token, prefix included.
+    if getattr(model, "pool_include_prefix", None) is None and model.num_prefix_tokens:
+        return False
+    return supports_fused_latent_pool(getattr(model, "attn_pool", None))
 
 
 def _full_sequence(output: Any) -> torch.Tensor:
