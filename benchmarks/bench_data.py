@@ -193,17 +193,26 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="images timed (at most 2,000)")
     parser.add_argument("--stream-images", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=0, help="loader workers of the timed evals")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="loader workers of the timed evals (default: the command line's, CPUs less one)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="results JSON")
     args = parser.parse_args()
     from siglip_dola.allocator import keep_freed_memory
+    from siglip_dola.settings import default_workers
 
     keep_freed_memory()
+    if args.workers is None:
+        args.workers = default_workers()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         timing = time_ratio(folder / "timed", min(args.images, 2000), args.repeats, args.workers)
         print(
-            f"eval on {timing['images']} images: webdataset {timing['wds_median_s']:.3f} s, "
+            f"eval on {timing['images']} images, {timing['workers']} loader worker(s): "
+            f"webdataset {timing['wds_median_s']:.3f} s, "
             f"folder {timing['folder_median_s']:.3f} s (medians of {args.repeats}): "
             f"ratio {timing['ratio']:.3f}x (target <= 1.1x); fastest of each: "
             f"{timing['ratio_of_minima']:.3f}x"
