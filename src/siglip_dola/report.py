@@ -16,13 +16,75 @@ if TYPE_CHECKING:  # pragma: no cover
     from siglip_dola.zeroshot import Predictions
 
 __all__ = [
+    "LANGUAGE",
     "classification_results",
+    "model_pretrained",
+    "package_versions",
+    "run_metadata",
     "format_table",
     "plot_layers",
     "plot_retrieval",
     "summary_rows",
     "write_predictions",
 ]
+
+
+LANGUAGE = "en"  # clip_benchmark's ``language`` of the prompts
+VERSIONED_PACKAGES = (
+    "siglip-dola",
+    "torch",
+    "torchvision",
+    "transformers",
+    "open_clip_torch",
+    "timm",
+    "numpy",
+    "pillow",
+    "webdataset",
+    "datasets",
+)
+
+
+def model_pretrained(spec: str) -> str:
+    """clip_benchmark's ``pretrained`` for a model spec: the weights it names (open_clip's
+    pretrained tag, a hub id, a checkpoint path; ``bundled`` for the demo model)."""
+    from siglip_dola.models import parse_spec
+
+    if spec == "bundled":
+        return spec
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        return spec
+    if parsed.weights:
+        return parsed.weights
+    return "" if parsed.scheme == "open_clip" else parsed.target
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of Python and the packages a figure depends on (None: absent)."""
+    import platform
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_metadata(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """What ran, when, with which packages: ``{command, time, versions}``."""
+    import sys
+    from datetime import datetime, timezone
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "command": ["siglip-dola", *args],
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+    }
 
 
 def classification_results(
@@ -36,16 +98,22 @@ def classification_results(
     skipped: Sequence[Skipped],
     templates: Sequence[str],
     extra: dict[str, Any] | None = None,
+    pretrained: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``{dataset, model, task, metrics, dola}``: ``metrics`` are the baseline's (as
-    clip_benchmark reports them); ``dola`` holds every variant, per-layer readout accuracy
-    and the skipped images."""
+    """clip_benchmark's keys exactly (``dataset``, ``model``, ``pretrained``, ``task``,
+    ``metrics``, ``language``; ``metrics`` are the baseline's, as clip_benchmark reports
+    them), the ``dola`` block (every variant, per-layer readout accuracy, skipped images),
+    then ``meta`` (class names, templates, warnings, data and run metadata) at the top
+    level. ``pretrained`` defaults to the weights ``model`` names."""
     baseline = next(r for r in results if r.variant.kind == "baseline")
     return {
         "dataset": dataset,
         "model": model,
+        "pretrained": model_pretrained(model) if pretrained is None else pretrained,
         "task": "zeroshot_classification",
         "metrics": baseline.metrics,
+        "language": LANGUAGE,
         "dola": {
             "tau": tau,
             "num_images": num_images,
@@ -55,6 +123,7 @@ def classification_results(
             "skipped": {"count": len(skipped), "items": [s.__dict__ for s in skipped]},
             **(extra or {}),
         },
+        **(meta or {}),
     }
 
 

@@ -11,23 +11,23 @@ excludes the caption come after, by their baseline probability).
 
 With K = all both directions are DoLa over the full candidate set. Score matrices exist only
 in blocks of queries; top-k is taken per block.
+
+The retrieval data sets (:class:`RetrievalSet`, :func:`load_retrieval_set`) live in
+:mod:`siglip_dola.data` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from siglip_dola.data import ImageSet
+from siglip_dola.data import RetrievalSet, load_retrieval_set
 from siglip_dola.embeddings import as_tensor, extract_layer_embeddings
-from siglip_dola.io import read_records
 from siglip_dola.layers import default_candidates
 from siglip_dola.settings import RunSettings
 from siglip_dola.text import encode_captions
@@ -45,118 +45,6 @@ __all__ = [
 ]
 
 RECALL_KS = (1, 5, 10)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class RetrievalSet:
-    """Images with one or more captions each; ``caption_image[t]`` is caption t's image."""
-
-    name: str
-    images: ImageSet
-    captions: list[str]
-    caption_image: np.ndarray  # int64 [T]
-
-    def image_captions(self) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in range(len(self.images))]
-        for t, i in enumerate(self.caption_image.tolist()):
-            out[i].append(t)
-        return out
-
-
-def _from_pairs(
-    name: str, pairs: list[tuple[Any, str]], keys: list[Any], items: list
-) -> RetrievalSet:
-    index = {key: i for i, key in enumerate(keys)}
-    captions = [caption for _, caption in pairs]
-    owner = np.asarray([index[key] for key, _ in pairs], dtype=np.int64)
-    images = ImageSet(name, (), items, np.arange(len(items), dtype=np.int64))
-    return RetrievalSet(name, images, captions, owner)
-
-
-def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    # A JSON entry may carry several captions ("captions": [...]); a CSV row holds one.
-    columns = ("image",) if path.suffix.lower() == ".json" else ("image", "caption")
-    pairs = []
-    for where, row in read_records(path, columns):
-        captions = row.get("captions", [row.get("caption")])
-        if isinstance(captions, str):
-            captions = [captions]
-        for caption in captions:
-            if not isinstance(caption, str) or not caption.strip():
-                raise ValueError(f"{path}, {where}: empty caption (or none)")
-            pairs.append((str(row["image"]), caption))
-    return pairs
-
-
-def _bundled_photos() -> RetrievalSet:
-    """scikit-image's sample photos, captioned by the first line of their docstrings."""
-    try:
-        from skimage import data as skdata
-    except ImportError:
-        raise ValueError("bundled:photos needs scikit-image: pip install scikit-image") from None
-    names = (
-        "astronaut",
-        "camera",
-        "chelsea",
-        "coffee",
-        "coins",
-        "hubble_deep_field",
-        "immunohistochemistry",
-        "moon",
-        "page",
-        "rocket",
-        "retina",
-        "grass",
-        "gravel",
-        "brick",
-        "clock",
-        "cell",
-        "colorwheel",
-        "text",
-        "horse",
-        "logo",
-    )
-    pairs, keys, items = [], [], []
-    for name in names:
-        loader = getattr(skdata, name, None)
-        if loader is None:
-            continue
-        try:
-            image = np.asarray(loader())
-        except Exception:  # a sample that needs a download in this scikit-image version
-            continue
-        if image.dtype == bool:
-            image = image.astype(np.uint8) * 255
-        caption = (inspect.getdoc(loader) or name).splitlines()[0].strip()
-        keys.append(name)
-        items.append(image)
-        pairs.append((name, caption))
-        pairs.append((name, f"an image called {name.replace('_', ' ')}."))
-    if not items:
-        raise ValueError("scikit-image provides none of its sample photos here")
-    return _from_pairs("photos", pairs, keys, items)
-
-
-def load_retrieval_set(spec: str) -> RetrievalSet:
-    """``bundled:photos`` or a CSV (columns image,caption) / JSON list of (image, caption)
-    pairs; an image may appear in several rows (several captions). Relative image paths are
-    resolved against the file's folder."""
-    if spec == "bundled:photos":
-        return _bundled_photos()
-    path = Path(spec.split(":", 1)[1] if spec.startswith(("csv:", "json:")) else spec)
-    if not path.is_file():
-        raise ValueError(
-            f"retrieval data {spec!r} not found: expected bundled:photos or a CSV/JSON file"
-        )
-    pairs = _read_pairs(path)
-    if not pairs:
-        raise ValueError(f"{path} lists no (image, caption) pairs")
-    keys = list(dict.fromkeys(image for image, _ in pairs))
-    items = [Path(k) if Path(k).is_absolute() else path.parent / k for k in keys]
-    return _from_pairs(path.stem, pairs, keys, items)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -373,7 +261,9 @@ def evaluate_retrieval(
     settings: RunSettings | None = None,
 ) -> dict[str, Any]:
     """Both directions, baseline and ``variant`` (default: dynamic DoLa over the last bucket's
-    even layers), as clip_benchmark-shaped metrics plus a ``dola`` block."""
+    even layers), as clip_benchmark's results (``dataset``, ``model``, ``pretrained``,
+    ``task``, ``metrics``, ``language``) plus a ``dola`` block. ``dataset.images`` may be a
+    streaming source (a webdataset caption set)."""
     if model.text is None:
         raise ValueError(f"model {model.vision.name} has no text tower: pass a text model spec")
     settings = RunSettings.coerce(settings)
@@ -394,11 +284,12 @@ def evaluate_retrieval(
     caption_rows = [t for t, i in enumerate(dataset.caption_image.tolist()) if i in kept_images]
     sub = RetrievalSet(
         dataset.name,
-        dataset.images.subset(emb.indices.tolist()),
+        dataset.images,
         [dataset.captions[t] for t in caption_rows],
         np.asarray(
             [kept_images[int(dataset.caption_image[t])] for t in caption_rows], dtype=np.int64
         ),
+        image_count=len(emb.indices),
     )
     text = text[caption_rows]
     options = {"variant": variant, "shortlist": shortlist, "progress": settings.progress}
@@ -406,10 +297,13 @@ def evaluate_retrieval(
     t2i = text_to_image(emb.embeddings, emb.layers, text, tau, lists, **options)
     metrics = retrieval_metrics(i2t, t2i, sub)
     chosen = [] if i2t.chosen_layers is None else i2t.chosen_layers.tolist()
-    return {
+    return {  # clip_benchmark's keys first (the command line names the model spec)
         "dataset": dataset.name,
+        "model": model.vision.name,
+        "pretrained": "",
         "task": "zeroshot_retrieval",
         "metrics": metrics["baseline"],
+        "language": "en",
         "dola": {
             "metrics": metrics["dola"],
             "mode": variant.kind,
@@ -418,7 +312,7 @@ def evaluate_retrieval(
             "alpha": variant.alpha,
             "tau": tau,
             "shortlist": "all" if shortlist is None else shortlist,
-            "num_images": len(sub.images),
+            "num_images": sub.num_images,
             "num_captions": len(sub.captions),
             "chosen_layer_histogram": {str(m): chosen.count(m) for m in variant.contrast_layers},
             "skipped": {"count": len(emb.skipped), "items": [s.__dict__ for s in emb.skipped]},

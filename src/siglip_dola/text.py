@@ -73,16 +73,9 @@ def load_templates(spec: str) -> tuple[str, ...]:
             f"unknown template set {spec!r}: expected openai, simple, photo, bundled "
             "or a file with one template per line"
         )
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    templates = tuple(line for line in lines if line and not line.startswith("#"))
-    if not templates:
-        raise ValueError(f"template file {path} holds no template")
-    for number, template in enumerate(templates, 1):
-        if "{c}" not in template:
-            raise ValueError(
-                f"template {number} in {path} lacks the class placeholder {{c}}: {template!r}"
-            )
-    return templates
+    from siglip_dola.data import read_template_file
+
+    return read_template_file(path)
 
 
 def resolve_templates(

@@ -11,13 +11,23 @@ import argparse
 import os
 import sys
 
-from siglip_dola.cli import bench, calibrate, classify, demo, evaluate, generate, layers, rerank
+from siglip_dola.cli import (
+    bench,
+    calibrate,
+    classify,
+    demo,
+    evaluate,
+    generate,
+    layers,
+    rerank,
+    summary,
+)
 from siglip_dola.cli.options import UsageError
 
 __all__ = ["build_parser", "main"]
 
 DEBUG_ENV = "SIGLIP_DOLA_DEBUG"
-COMMAND_MODULES = (demo, evaluate, rerank, calibrate, classify, layers, bench, generate)
+COMMAND_MODULES = (demo, evaluate, rerank, summary, calibrate, classify, layers, bench, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +61,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the results' run metadata
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

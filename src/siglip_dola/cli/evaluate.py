@@ -1,10 +1,13 @@
-"""`siglip-dola eval`: baseline and every DoLa variant side by side, from one pass."""
+"""`siglip-dola eval`: baseline and every DoLa variant side by side, from one pass, on one or
+several data sets (one results file each)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from siglip_dola.cli import rerank
 from siglip_dola.cli.options import (
@@ -21,11 +24,14 @@ from siglip_dola.cli.options import (
     grid_from_args,
     parse_tau,
     report_skips,
+    report_warnings,
+    results_paths,
     run_settings_from_args,
 )
 from siglip_dola.settings import RunSettings
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
+DEFAULT_DATASET = "bundled:fashion-mnist"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,17 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_options(p)
     add_run_options(p)
-    add_data_options(p)
+    add_data_options(p, default=DEFAULT_DATASET, several=True)
     add_grid_options(p)
     rerank.add_rerank_options(p)
-    add_output_options(p, "results.json")
+    add_output_options(
+        p, "results.json; with several data sets a folder or e.g. results/{dataset}.json"
+    )
     p.set_defaults(func=run)
 
 
 @dataclass(frozen=True)
 class EvalOptions:
     model: ModelOptions
-    data: DataOptions
+    data: list[DataOptions]
     grid: object  # VariantGrid
     dola: DolaChoice
     tau: float | None
@@ -66,7 +74,7 @@ class EvalOptions:
             raise UsageError("--shortlist applies to --task zeroshot_retrieval only")
         opts = cls(
             model=ModelOptions.from_args(args),
-            data=DataOptions.from_args(args),
+            data=DataOptions.many_from_args(args),
             grid=grid_from_args(args),
             dola=DolaChoice.from_args(args),
             tau=parse_tau(args.tau),
@@ -91,25 +99,65 @@ class EvalOptions:
 
 def run(args: argparse.Namespace) -> int:
     if args.task == "zeroshot_retrieval":
-        if args.dataset == "bundled:fashion-mnist":
-            args.dataset = rerank.DEFAULT_DATASET
+        if args.dataset == [DEFAULT_DATASET]:
+            args.dataset = [rerank.DEFAULT_DATASET]
         return rerank.run(args)
     from siglip_dola.distributed import process_group_from_env
-    from siglip_dola.report import classification_results, format_table, summary_rows
+    from siglip_dola.report import LANGUAGE, model_pretrained
     from siglip_dola.zeroshot import evaluate_dataset
 
     opts = EvalOptions.from_args(args)
-    image_set, templates = opts.data.load()
+    # every data set opened and every output checked before the model loads
+    loaded = [data.load(streaming=True) for data in opts.data]
+    fields = {
+        "model": opts.model.spec,
+        "pretrained": model_pretrained(opts.model.spec),
+        "task": "zeroshot_classification",
+        "language": LANGUAGE,
+    }
+    outputs = results_paths(
+        opts.output.output, [s.name for s, _ in loaded], fields, opts.output.overwrite
+    )
     with process_group_from_env(opts.settings.device) as ctx:
         model = opts.model.load(opts.settings)
         variants = opts.variants(model.vision.depth)
-        start = time.perf_counter()
-        evaluation = evaluate_dataset(
-            model, image_set, templates, variants, tau=opts.tau, settings=opts.settings, dist=ctx
-        )
-    if evaluation is None:  # a data-parallel worker: rank 0 reports
-        return 0
-    seconds = time.perf_counter() - start
+        for data, (image_set, templates), output in zip(opts.data, loaded, outputs):
+            start = time.perf_counter()
+            evaluation = evaluate_dataset(
+                model,
+                image_set,
+                templates,
+                variants,
+                tau=opts.tau,
+                settings=opts.settings,
+                dist=ctx,
+            )
+            if evaluation is None:  # a data-parallel worker: rank 0 reports
+                continue
+            seconds = time.perf_counter() - start
+            _report(args, opts, data, image_set, templates, evaluation, seconds, ctx, output)
+            if opts.output.plots:
+                folder = opts.output.plots
+                if len(loaded) > 1:
+                    folder = folder / image_set.name.replace("/", "_")
+                write_plots(folder, evaluation, f"{opts.model.spec} on {image_set.name}")
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    opts: EvalOptions,
+    data: DataOptions,
+    image_set: Any,
+    templates: tuple[str, ...],
+    evaluation: Any,
+    seconds: float,
+    ctx: Any,
+    output: Path | None,
+) -> None:
+    """Print the table, skips and warnings; write the results file."""
+    from siglip_dola.report import classification_results, format_table, summary_rows
+
     print(
         format_table(
             summary_rows(evaluation.results),
@@ -123,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
         "over the images; fixed / broken: right / wrong where the baseline is wrong / right"
     )
     report_skips(evaluation.skipped)
+    report_warnings(image_set.warnings, image_set.name)
     results = classification_results(
-        dataset=opts.data.dataset,
+        dataset=image_set.name,
         model=opts.model.spec,
         results=evaluation.results,
         per_layer_acc1=evaluation.per_layer_acc1,
@@ -133,15 +182,31 @@ def run(args: argparse.Namespace) -> int:
         skipped=evaluation.skipped,
         templates=templates,
         extra={"seconds": round(seconds, 3), "processes": ctx.world_size},
+        meta=results_metadata(args, data.dataset, image_set, templates),
     )
-    if opts.output.output:
+    if output is not None:
         from siglip_dola.io import atomic_write_json
 
-        atomic_write_json(opts.output.output, results)
-        print(f"results: {opts.output.output}")
-    if opts.output.plots:
-        write_plots(opts.output.plots, evaluation, f"{opts.model.spec} on {image_set.name}")
-    return 0
+        atomic_write_json(output, results)
+        print(f"results: {output}")
+
+
+def results_metadata(
+    args: argparse.Namespace, spec: str, source: Any, templates: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """The results file's run metadata: class names and templates (clip_benchmark's
+    ``classnames`` / ``templates``), warnings, where the data came from, what ran."""
+    from siglip_dola.report import run_metadata
+
+    meta: dict[str, Any] = {}
+    if getattr(source, "class_names", ()):
+        meta["classnames"] = list(source.class_names)
+    if templates:
+        meta["templates"] = list(templates)
+    meta["warnings"] = list(getattr(source, "warnings", []))
+    meta["data"] = {"spec": spec, **getattr(source, "metadata", {})}
+    meta["run"] = run_metadata(getattr(args, "argv", None))
+    return meta
 
 
 def write_plots(folder, evaluation, title: str) -> None:

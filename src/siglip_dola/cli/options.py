@@ -11,7 +11,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,9 @@ __all__ = [
     "ModelOptions",
     "OutputOptions",
     "UsageError",
+    "RetrievalDataOptions",
     "add_data_options",
+    "add_retrieval_data_options",
     "add_dola_choice_options",
     "add_grid_options",
     "add_model_options",
@@ -37,6 +39,8 @@ __all__ = [
     "parse_alphas",
     "parse_tau",
     "report_skips",
+    "report_warnings",
+    "results_paths",
     "run_settings_from_args",
     "warn",
 ]
@@ -200,22 +204,33 @@ def _flag_message(message: str) -> str:
 
 # ----------------------------------------------------------------------------- data
 
+DEFAULT_PIXEL_LIMIT_TEXT = "16384 x 16384 = 268435456"  # siglip_dola.data.MAX_PIXELS (tested)
+
 
 def add_data_options(
-    p: argparse.ArgumentParser, default: str | None = "bundled:fashion-mnist"
+    p: argparse.ArgumentParser, default: str | None = "bundled:fashion-mnist", several: bool = False
 ) -> None:
+    """The labelled-data flags; ``several``: ``--dataset`` takes several values (and
+    ``--dataset-root``), one results file each."""
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
-        default=default,
-        help="bundled:fashion-mnist, an image folder (one subfolder per class), or a CSV/JSON "
-        f"label file (columns image,label). Default: {default}",
+        default=[default] if several and default is not None else default,
+        nargs="+" if several else None,
+        help="an image folder (DIR/<class>/<images>; WordNet-id folders get the ImageNet "
+        "names), a label file (.csv/.tsv/.json/.jsonl), wds:DIR (clip_benchmark webdataset), "
+        "datasets:PATH (Hugging Face save_to_disk folder, .parquet/.arrow, hub id), or "
+        f"bundled:fashion-mnist. Default: {default}",
     )
+    if several:
+        add_dataset_root_option(g)
+    add_split_option(g)
     g.add_argument(
         "--classes",
         default=None,
-        help="class names: a comma-separated list or a file with one name per line "
-        "(default: the data set's own)",
+        help="class names in label-index order: a comma-separated list, a file with one name "
+        "per line, a WordNet-id mapping (LOC_synset_mapping.txt, JSON {wnid: name}), or "
+        "'imagenet' (the ImageNet-1k names). Default: the data set's own",
     )
     g.add_argument(
         "--templates",
@@ -223,6 +238,59 @@ def add_data_options(
         help="prompt templates: openai (80), simple (7), photo, bundled, or a file with one "
         "template per line containing {c}. Default: the data set's own, else openai",
     )
+    g.add_argument(
+        "--image-column", default=None, help="image column of a label file or datasets: table"
+    )
+    g.add_argument(
+        "--label-column", default=None, help="label column of a label file or datasets: table"
+    )
+    add_max_pixels_option(g)
+
+
+def add_dataset_root_option(g: Any) -> None:
+    g.add_argument(
+        "--dataset-root",
+        default=None,
+        help="folder template for the --dataset names, clip_benchmark's style: {dataset} "
+        "(and {dataset_cleaned}, '/' as '-') is each name, e.g. 'data/wds_{dataset_cleaned}' "
+        "with --dataset wds/cifar10 wds/imagenet1k; without a placeholder, ROOT/<name>",
+    )
+
+
+def add_split_option(g: Any) -> None:
+    g.add_argument(
+        "--split",
+        default=None,
+        help="split to read: of a wds: folder, a datasets: table or a Karpathy JSON (default "
+        "test), or a folder's <split>/ subfolder",
+    )
+
+
+def add_max_pixels_option(g: Any) -> None:
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image (width x height) decoded; larger ones are skipped (default "
+        f"{DEFAULT_PIXEL_LIMIT_TEXT})",
+    )
+
+
+def _max_pixels(value: int | None) -> int:
+    from siglip_dola.data import MAX_PIXELS
+
+    if value is None:
+        return MAX_PIXELS
+    if value < 1:
+        raise UsageError(f"--max-pixels must be a positive number of pixels, got {value}")
+    return value
+
+
+def _datasets_of(args: argparse.Namespace) -> list[str]:
+    values = args.dataset if isinstance(args.dataset, list) else [args.dataset]
+    if not values:
+        raise UsageError("--dataset names no data set")
+    return [str(v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -230,27 +298,164 @@ class DataOptions:
     """A labelled data set and how to name and prompt its classes."""
 
     dataset: str
-    classes: tuple[str, ...] | None = None
+    classes: Any = None  # siglip_dola.data.ClassNames: the checked --classes
     templates: str | None = None
+    split: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    max_pixels: int | None = None  # None: the default limit
+    root: str | None = None  # --dataset-root template
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DataOptions:
-        from siglip_dola.data import read_class_names
+    def from_args(cls, args: argparse.Namespace, dataset: str | None = None) -> DataOptions:
+        """The flags as options for ``dataset`` (default: the one ``--dataset``); the class
+        names are checked here, before any model loads (duplicates are named)."""
+        from siglip_dola.data import read_classes
         from siglip_dola.text import validate_class_names
 
-        names = read_class_names(args.classes)
-        if names is not None:
-            names = validate_class_names(names)
-        return cls(args.dataset, names, args.templates)
+        classes = read_classes(args.classes)
+        if classes is not None:
+            names = validate_class_names(classes.names)
+            classes = type(classes)(names, classes.wnids, classes.origin)
+        return cls(
+            dataset if dataset is not None else _datasets_of(args)[0],
+            classes,
+            args.templates,
+            getattr(args, "split", None),
+            getattr(args, "image_column", None),
+            getattr(args, "label_column", None),
+            _max_pixels(getattr(args, "max_pixels", None)),
+            getattr(args, "dataset_root", None),
+        )
 
-    def load(self) -> tuple[Any, tuple[str, ...]]:
-        """(the ``ImageSet``, its templates)."""
-        from siglip_dola.data import load_dataset
+    @classmethod
+    def many_from_args(cls, args: argparse.Namespace) -> list[DataOptions]:
+        """One options object per ``--dataset`` value."""
+        first = cls.from_args(args)
+        return [first] + [replace(first, dataset=d) for d in _datasets_of(args)[1:]]
+
+    def load(self, streaming: bool = False) -> tuple[Any, tuple[str, ...]]:
+        """(the ``ImageSet`` - or with ``streaming`` possibly a ``WebDatasetSource`` -, its
+        templates)."""
+        from siglip_dola.data import WebDatasetSource, load_dataset
         from siglip_dola.text import resolve_templates, validate_class_names
 
-        image_set = load_dataset(self.dataset, class_names=self.classes)
+        image_set = load_dataset(
+            self.dataset,
+            self.classes,
+            split=self.split,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            max_pixels=_max_pixels(self.max_pixels),
+            root=self.root,
+        )
+        if isinstance(image_set, WebDatasetSource) and not streaming:
+            raise UsageError(
+                f"{self.dataset} is a webdataset folder, read shard by shard: this command "
+                "needs random access to the images (eval and rerank stream it)"
+            )
         validate_class_names(image_set.class_names)
         return image_set, resolve_templates(self.templates, image_set.templates)
+
+
+def add_retrieval_data_options(p: argparse.ArgumentParser, default: str) -> Any:
+    """The retrieval-data flags (``--images-root`` comes with the re-ranking options)."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default=[default],
+        nargs="+",
+        help="bundled:photos, a CSV/JSON of (image, caption) pairs, a Karpathy-split JSON "
+        "(dataset_coco.json, dataset_flickr30k.json; images under --images-root), or wds:DIR "
+        f"(clip_benchmark webdataset caption set). Default: {default}",
+    )
+    add_dataset_root_option(g)
+    add_split_option(g)
+    add_max_pixels_option(g)
+    return g
+
+
+@dataclass(frozen=True)
+class RetrievalDataOptions:
+    """A retrieval data set (images with captions)."""
+
+    dataset: str
+    split: str | None = None
+    images_root: Path | None = None
+    max_pixels: int | None = None
+    root: str | None = None
+
+    @classmethod
+    def many_from_args(cls, args: argparse.Namespace) -> list[RetrievalDataOptions]:
+        images_root = getattr(args, "images_root", None)
+        if images_root is not None and not Path(images_root).is_dir():
+            raise UsageError(f"--images-root {images_root} is not a folder")
+        max_pixels = _max_pixels(getattr(args, "max_pixels", None))
+        return [
+            cls(d, args.split, images_root, max_pixels, getattr(args, "dataset_root", None))
+            for d in _datasets_of(args)
+        ]
+
+    def load(self) -> Any:
+        """The ``RetrievalSet``."""
+        from siglip_dola.data import load_retrieval_set
+
+        return load_retrieval_set(
+            self.dataset,
+            split=self.split,
+            images_root=self.images_root,
+            max_pixels=_max_pixels(self.max_pixels),
+            root=self.root,
+        )
+
+
+def results_paths(
+    output: Path | None, names: Sequence[str], fields: dict[str, str], overwrite: bool
+) -> list[Path | None]:
+    """One results file per data set, checked before any work: ``output`` may hold
+    clip_benchmark's placeholders ({dataset}, {model}, {pretrained}, {task}, {language};
+    '/' in a name becomes '_'); with several data sets it must hold {dataset} or name a
+    folder (then FOLDER/<dataset>.json)."""
+    from siglip_dola.io import check_writable
+
+    if output is None:
+        return [None] * len(names)
+    text = str(output)
+    slugs = [name.replace("/", "_") for name in names]
+    if "{" in text:
+        values = {k: str(v).replace("/", "_") for k, v in fields.items()}
+        try:
+            paths = [Path(text.format(**values, dataset=slug)) for slug in slugs]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UsageError(
+                f"--output {text!r}: placeholders are {{dataset}}, {{model}}, {{pretrained}}, "
+                f"{{task}}, {{language}} ({type(exc).__name__}: {exc})"
+            ) from None
+    elif len(names) > 1:
+        if not (output.is_dir() or text.endswith(("/", "\\"))):
+            raise UsageError(
+                "with several data sets, --output must hold {dataset} (e.g. "
+                "results/{dataset}.json) or name a folder"
+            )
+        paths = [output / f"{slug}.json" for slug in slugs]
+    else:
+        paths = [output]
+    seen: dict[Path, str] = {}
+    for path, name in zip(paths, names):
+        if path in seen:
+            raise UsageError(f"data sets {seen[path]} and {name} would write the same {path}")
+        seen[path] = name
+        try:
+            check_writable(path, overwrite)
+        except FileExistsError as exc:
+            raise UsageError(str(exc)) from None
+    return paths
+
+
+def report_warnings(warnings: Sequence[str], name: str) -> None:
+    """A data set's warnings on stderr, one line each."""
+    for warning in warnings:
+        warn(f"{name}: {warning}")
 
 
 # ----------------------------------------------------------------------------- variants

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from siglip_dola.cli.options import (
     DolaChoice,
     ModelOptions,
     OutputOptions,
+    RetrievalDataOptions,
     UsageError,
     add_model_options,
     add_output_options,
+    add_retrieval_data_options,
     add_run_options,
     add_tau_option,
     parse_tau,
@@ -33,28 +36,30 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="captions/images re-ranked per query: N or all (default 50)",
     )
+    p.add_argument(
+        "--images-root",
+        type=Path,
+        default=None,
+        help="folder of a Karpathy-split JSON's images (COCO: its <filepath>/<filename>; "
+        "default: the JSON's folder)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rerank", help="image<->text retrieval re-ranked by DoLa, recall@1/5/10")
     add_model_options(p)
     add_run_options(p)
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        default=DEFAULT_DATASET,
-        help="bundled:photos or a CSV/JSON of (image, caption) pairs",
-    )
+    g = add_retrieval_data_options(p, DEFAULT_DATASET)
     add_tau_option(g)
     add_rerank_options(p)
-    add_output_options(p, "retrieval.json")
+    add_output_options(p, "retrieval.json; several data sets: a folder or {dataset}.json")
     p.set_defaults(func=run)
 
 
 @dataclass(frozen=True)
 class RerankOptions:
     model: ModelOptions
-    dataset: str
+    data: list[RetrievalDataOptions]
     shortlist: int | None
     dola: DolaChoice
     tau: float | None
@@ -67,7 +72,7 @@ class RerankOptions:
 
         opts = cls(
             model=ModelOptions.from_args(args),
-            dataset=args.dataset,
+            data=RetrievalDataOptions.many_from_args(args),
             shortlist=_shortlist(args.shortlist),
             dola=DolaChoice.from_args(args),
             tau=parse_tau(args.tau),
@@ -93,13 +98,25 @@ def _shortlist(text: str | None) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siglip_dola.cli.options import report_skips
+    from siglip_dola.cli.evaluate import results_metadata
+    from siglip_dola.cli.options import report_skips, results_paths
     from siglip_dola.data import Skipped
     from siglip_dola.io import atomic_write_json
-    from siglip_dola.retrieval import evaluate_retrieval, load_retrieval_set
+    from siglip_dola.report import LANGUAGE, model_pretrained
+    from siglip_dola.retrieval import evaluate_retrieval
 
     opts = RerankOptions.from_args(args)
-    dataset = load_retrieval_set(opts.dataset)
+    datasets = [data.load() for data in opts.data]  # all opened before the model loads
+    pretrained = model_pretrained(opts.model.spec)
+    fields = {
+        "model": opts.model.spec,
+        "pretrained": pretrained,
+        "task": "zeroshot_retrieval",
+        "language": LANGUAGE,
+    }
+    outputs = results_paths(
+        opts.output.output, [d.name for d in datasets], fields, opts.output.overwrite
+    )
     model = opts.model.load(opts.settings)
     variant = opts.dola.variant(model.vision.depth)
     if variant.kind not in ("dynamic", "static"):
@@ -108,27 +125,32 @@ def run(args: argparse.Namespace) -> int:
             f"dynamic or static DoLa profile (drop --profile to compare the baseline with "
             f"default DoLa)"
         )
-    results = evaluate_retrieval(
-        model, dataset, variant, shortlist=opts.shortlist, tau=opts.tau, settings=opts.settings
-    )
-    results["model"] = opts.model.spec
-    d = results["dola"]
-    print(
-        f"{dataset.name}: {d['num_images']} images, {d['num_captions']} captions; shortlist "
-        f"{d['shortlist']}; DoLa {d['mode']} layers {d['candidate_layers']} alpha {d['alpha']}"
-    )
-    print(f"{'metric':<32} {'baseline':>9} {'DoLa':>9}")
-    for key, value in results["metrics"].items():
-        print(f"{key:<32} {100 * value:8.2f}% {100 * d['metrics'][key]:8.2f}%")
-    report_skips([Skipped(**s) for s in d["skipped"]["items"]])
-    if opts.output.output:
-        atomic_write_json(opts.output.output, results)
-        print(f"results: {opts.output.output}")
-    if opts.output.plots:
-        from siglip_dola.report import plot_retrieval
+    for data, dataset, output in zip(opts.data, datasets, outputs):
+        results = evaluate_retrieval(
+            model, dataset, variant, shortlist=opts.shortlist, tau=opts.tau, settings=opts.settings
+        )
+        results["model"] = opts.model.spec
+        results["pretrained"] = pretrained
+        results.update(results_metadata(args, data.dataset, dataset, None))
+        d = results["dola"]
+        print(
+            f"{dataset.name}: {d['num_images']} images, {d['num_captions']} captions; shortlist "
+            f"{d['shortlist']}; DoLa {d['mode']} layers {d['candidate_layers']} alpha "
+            f"{d['alpha']}"
+        )
+        print(f"{'metric':<32} {'baseline':>9} {'DoLa':>9}")
+        for key, value in results["metrics"].items():
+            print(f"{key:<32} {100 * value:8.2f}% {100 * d['metrics'][key]:8.2f}%")
+        report_skips([Skipped(**s) for s in d["skipped"]["items"]])
+        if output is not None:
+            atomic_write_json(output, results)
+            print(f"results: {output}")
+        if opts.output.plots:
+            from siglip_dola.report import plot_retrieval
 
-        for path in plot_retrieval(
-            opts.output.plots, results, f"{opts.model.spec} on {dataset.name}"
-        ):
-            print(f"plot: {path}")
+            folder = opts.output.plots
+            if len(datasets) > 1:
+                folder = folder / dataset.name.replace("/", "_")
+            for path in plot_retrieval(folder, results, f"{opts.model.spec} on {dataset.name}"):
+                print(f"plot: {path}")
     return 0
