@@ -22,7 +22,6 @@ decision. When nothing passes, the profile's mode is ``off`` (DoLa stays off whe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from siglip_dola.io import atomic_write_json
+from siglip_dola.io import atomic_write_json, read_json
 from siglip_dola.metrics import METRICS, VariantResult, class_labels, metrics_of_ranks
 from siglip_dola.stats import holm_bonferroni, mcnemar_from_counts, stratified_split
 from siglip_dola.variants import PROFILE_FORMAT, Variant
@@ -338,14 +337,9 @@ def save_profile(profile: dict[str, Any], path: Path | str) -> Path:
 
 def load_profile(path: Path | str) -> dict[str, Any]:
     path = Path(path)
-    try:
-        profile = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"profile {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"profile {path}: invalid JSON at line {exc.lineno}, column {exc.colno}"
-        ) from None
+    if not path.is_file():
+        raise ValueError(f"profile {path} does not exist")
+    profile = read_json(path, what="profile ")
     if not isinstance(profile, dict):
         raise ValueError(f"profile {path} is not a JSON object")
     Variant.from_profile(

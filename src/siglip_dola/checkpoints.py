@@ -18,7 +18,6 @@ from ``readout``, ``generate`` or ``models``.
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import re
@@ -29,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from siglip_dola.io import read_json
 
 __all__ = [
     "ATTN_POOL_FILE",
@@ -54,7 +55,6 @@ __all__ = [
     "load_state_dict_file",
     "load_weights_strict",
     "read_config",
-    "read_json",
     "unwrap_state_dict",
     "vision_name_to_hf",
     "vision_tensors_from_hf",
@@ -91,15 +91,6 @@ SIGLIP_HEAD_WIDTH = 64  # SigLIP towers use 64-wide attention heads
 
 
 # ----------------------------------------------------------------------------- weight files
-
-
-def read_json(path: Path | str) -> Any:
-    """A JSON file's content; ``ValueError`` naming the file when it is not valid JSON."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 def read_config(folder: Path | str) -> dict[str, Any]:

@@ -115,14 +115,20 @@ def check_output_folder(
     return folder
 
 
-def read_json_list(path: Path, entry_hint: str) -> list[Any]:
-    """A JSON file holding a list; errors name the file, line and column."""
+def read_json(path: Path | str, what: str = "") -> Any:
+    """A JSON file's content; a ``ValueError`` that names the file (after ``what``, e.g.
+    ``"profile "``), the line and the column when it is not valid JSON."""
     try:
-        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            f"{what}{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+
+
+def read_json_list(path: Path, entry_hint: str) -> list[Any]:
+    """A JSON file holding a list; errors name the file, line and column."""
+    rows = read_json(path)
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of {entry_hint} objects")
     return rows

@@ -40,9 +40,9 @@ from siglip_dola.checkpoints import (
     load_state_dict_file,
     load_weights_strict,
     read_config,
-    read_json,
 )
 from siglip_dola.hub import OFFLINE_HINT, offline_unless_reachable, quiet_transformers
+from siglip_dola.io import read_json
 from siglip_dola.readout.base import LoadedModel, TextEncoder, VisionReadout
 from siglip_dola.settings import parse_dtype
 

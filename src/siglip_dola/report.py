@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "LANGUAGE",
     "classification_results",
+    "figure_png",
     "model_pretrained",
     "package_versions",
     "run_metadata",
@@ -230,6 +231,32 @@ LAYER_PLOTS = (
 )  # what plot_layers may write, checked for earlier copies before a run starts
 
 
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (every plot of the package alike); closes it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _png_writer(out_dir: Path) -> tuple[Any, Any, list[Path]]:
+    """pyplot on the file-only backend, ``save(fig, name)`` that writes a figure atomically
+    into ``out_dir`` and closes it, and the list of what it wrote."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        written.append(atomic_write_bytes(out_dir / name, figure_png(fig)))
+
+    return plt, save, written
+
+
 def plot_layers(
     out_dir: Path | str,
     per_layer_acc1: dict[int, float],
@@ -239,19 +266,7 @@ def plot_layers(
     """PNGs: per-layer readout accuracy (with the mean JSD of each layer to the final one on a
     second axis, where the single-layer variants carry it), the chosen-layer histogram of
     dynamic mode, kept-set sizes, and the fixed / broken counts per static contrast layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    written = []
-
-    def save(fig, name: str) -> None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(atomic_write_bytes(out_dir / name, buffer.getvalue()))
+    plt, save, written = _png_writer(Path(out_dir))
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     layers = sorted(per_layer_acc1)
@@ -388,19 +403,7 @@ def plot_retrieval(out_dir: Path | str, results: dict[str, Any], title: str = ""
     """PNGs of a retrieval result (:func:`siglip_dola.retrieval.evaluate_retrieval`): recall@k
     of the baseline and of DoLa in both directions, and the contrast layers DoLa chose (image
     -> text; dynamic mode only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    written = []
-
-    def save(fig, name: str) -> None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(atomic_write_bytes(out_dir / name, buffer.getvalue()))
+    plt, save, written = _png_writer(Path(out_dir))
 
     keys = list(results["metrics"])
     baseline = [100 * results["metrics"][k] for k in keys]

@@ -9,13 +9,13 @@ in class-index order: integer labels and numbered class folders map through them
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from siglip_dola.data.imagenet import IMAGENET_TABLE, imagenet_classes, is_wordnet_id
+from siglip_dola.io import read_json
 
 __all__ = [
     "ClassNames",
@@ -78,12 +78,7 @@ def read_classes(text: str | None) -> ClassNames | None:
 
 
 def _json_classes(path: Path, origin: str) -> ClassNames:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+    data = read_json(path)
     if isinstance(data, list) and all(isinstance(x, str) for x in data):
         return ClassNames(tuple(x.strip() for x in data), origin=origin)
     if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):

@@ -10,7 +10,6 @@ image of the split, images under ``--images-root``); clip_benchmark's webdataset
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from siglip_dola.data.images import MAX_PIXELS
 from siglip_dola.data.imageset import ImageSet
 from siglip_dola.data.label_files import find_column, read_table
 from siglip_dola.data.wds import WebDatasetSource, load_wds
+from siglip_dola.io import read_json
 
 __all__ = [
     "CAPTIONS_PER_IMAGE",
@@ -175,12 +175,7 @@ def load_karpathy_json(
 ) -> RetrievalSet:
     """The images of ``split`` with their first five captions (``sentences[].raw``); an image
     is ``images_root/<filepath>/<filename>`` (COCO) or ``images_root/<filename>``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+    data = read_json(path)
     entries = data.get("images") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected the Karpathy-split layout {{'images': [...]}}")

@@ -32,10 +32,10 @@ from siglip_dola.checkpoints import (
     load_state_dict_file,
     load_weights_strict,
     read_config,
-    read_json,
     vision_tensors_from_hf,
     vision_tower_shape,
 )
+from siglip_dola.io import read_json
 from siglip_dola.readout.pixels import Uint8Pixels, ramp_image
 from siglip_dola.readout.timm_vit import TimmViTReadout
 
