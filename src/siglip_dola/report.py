@@ -21,6 +21,7 @@ __all__ = [
     "figure_png",
     "model_pretrained",
     "package_versions",
+    "results_metadata",
     "run_metadata",
     "format_table",
     "plot_layers",
@@ -86,6 +87,26 @@ def run_metadata(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
     }
+
+
+def results_metadata(
+    spec: str,
+    source: Any,
+    templates: Sequence[str] | None,
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """A results file's metadata: class names and templates (clip_benchmark's ``classnames``
+    / ``templates``), the data set's warnings, where its data came from (``spec`` and the
+    source's ``metadata``), and what ran (:func:`run_metadata`)."""
+    meta: dict[str, Any] = {}
+    if getattr(source, "class_names", ()):
+        meta["classnames"] = list(source.class_names)
+    if templates:
+        meta["templates"] = list(templates)
+    meta["warnings"] = list(getattr(source, "warnings", []))
+    meta["data"] = {"spec": spec, **getattr(source, "metadata", {})}
+    meta["run"] = run_metadata(argv)
+    return meta
 
 
 def classification_results(

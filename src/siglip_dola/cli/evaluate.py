@@ -156,7 +156,12 @@ def _report(
     output: Path | None,
 ) -> None:
     """Print the table, skips and warnings; write the results file."""
-    from siglip_dola.report import classification_results, format_table, summary_rows
+    from siglip_dola.report import (
+        classification_results,
+        format_table,
+        results_metadata,
+        summary_rows,
+    )
 
     print(
         format_table(
@@ -182,31 +187,13 @@ def _report(
         skipped=evaluation.skipped,
         templates=templates,
         extra={"seconds": round(seconds, 3), "processes": ctx.world_size},
-        meta=results_metadata(args, data.dataset, image_set, templates),
+        meta=results_metadata(data.dataset, image_set, templates, getattr(args, "argv", None)),
     )
     if output is not None:
         from siglip_dola.io import atomic_write_json
 
         atomic_write_json(output, results)
         print(f"results: {output}")
-
-
-def results_metadata(
-    args: argparse.Namespace, spec: str, source: Any, templates: tuple[str, ...] | None
-) -> dict[str, Any]:
-    """The results file's run metadata: class names and templates (clip_benchmark's
-    ``classnames`` / ``templates``), warnings, where the data came from, what ran."""
-    from siglip_dola.report import run_metadata
-
-    meta: dict[str, Any] = {}
-    if getattr(source, "class_names", ()):
-        meta["classnames"] = list(source.class_names)
-    if templates:
-        meta["templates"] = list(templates)
-    meta["warnings"] = list(getattr(source, "warnings", []))
-    meta["data"] = {"spec": spec, **getattr(source, "metadata", {})}
-    meta["run"] = run_metadata(getattr(args, "argv", None))
-    return meta
 
 
 def write_plots(folder, evaluation, title: str) -> None:

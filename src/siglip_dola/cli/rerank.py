@@ -98,11 +98,10 @@ def _shortlist(text: str | None) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siglip_dola.cli.evaluate import results_metadata
     from siglip_dola.cli.options import report_skips, results_paths
     from siglip_dola.data import Skipped
     from siglip_dola.io import atomic_write_json
-    from siglip_dola.report import LANGUAGE, model_pretrained
+    from siglip_dola.report import LANGUAGE, model_pretrained, results_metadata
     from siglip_dola.retrieval import evaluate_retrieval
 
     opts = RerankOptions.from_args(args)
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         )
         results["model"] = opts.model.spec
         results["pretrained"] = pretrained
-        results.update(results_metadata(args, data.dataset, dataset, None))
+        results.update(results_metadata(data.dataset, dataset, None, getattr(args, "argv", None)))
         d = results["dola"]
         print(
             f"{dataset.name}: {d['num_images']} images, {d['num_captions']} captions; shortlist "

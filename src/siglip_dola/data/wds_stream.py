@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from siglip_dola.data.images import Skipped, load_image
-from siglip_dola.data.wds import IMAGE_KEYS, ShardIndex
-from siglip_dola.embeddings import LoadedBatch, load_and_transform
+from siglip_dola.data.loading import LoadedBatch, load_and_transform
+from siglip_dola.data.wds_index import IMAGE_KEYS, ShardIndex
 from siglip_dola.readout.base import collate_samples
 
 __all__ = ["ShardBatches"]
