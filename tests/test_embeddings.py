@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from siglip_dola.data import ImageSet, bundled_model_dir, load_dataset, load_image_folder
 from siglip_dola.embeddings import BLOCK_IMAGES, extract_layer_embeddings
 from siglip_dola.models import load_model
-from siglip_dola.readout.base import collate_samples
+from siglip_dola.readout.base import collate_samples, transform_images
 from siglip_dola.settings import RunSettings
 
 ARCH_SIGLIP = "vit_base_patch16_siglip_224"
@@ -101,9 +101,11 @@ def test_per_image_transform_equals_the_batch_preprocessing(models, mixed_folder
     images = [load_image_folder(mixed_folder).image(i) for i in range(0, 18, 2)]
     batch = vision.preprocess(images)
     stacked = collate_samples([vision.image_transform(image) for image in images])
-    assert batch.keys() == stacked.keys()
+    at_once = transform_images(vision.image_transform, images)  # the loader's batched call
+    assert batch.keys() == stacked.keys() == at_once.keys()
     for key in batch:
         assert torch.equal(batch[key], stacked[key]), key
+        assert torch.equal(at_once[key], stacked[key]), key
     processor = getattr(vision, "image_processor", None)
     if processor is not None:  # the library's own batch processing: the same pixels
         own = processor(images=images, return_tensors="pt")

@@ -48,16 +48,24 @@ def test_defaults_and_checks():
 
 
 @pytest.mark.parametrize(
-    "cpus, local, expected",
-    [(2, None, 1), (1, None, 0), (16, None, 15), (64, None, 16), (16, "2", 7), (2, "2", 0)],
+    "cpus, local, expected, on_cpu",
+    [
+        (2, None, 1, 0),
+        (1, None, 0, 0),
+        (16, None, 15, 7),
+        (64, None, 16, 16),
+        (16, "2", 7, 3),
+        (2, "2", 0, 0),
+    ],
 )
-def test_default_workers_follow_the_cpus(monkeypatch, cpus, local, expected):
+def test_default_workers_follow_the_cpus(monkeypatch, cpus, local, expected, on_cpu):
     monkeypatch.setattr(settings_module, "available_cpus", lambda: cpus)
     if local is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
-    assert default_workers() == expected
+    assert default_workers() == default_workers("cuda:1") == default_workers("mps") == expected
+    assert default_workers("cpu") == on_cpu  # the forward shares those CPUs
 
 
 def test_run_flags_become_settings(monkeypatch):
@@ -70,7 +78,7 @@ def test_run_flags_become_settings(monkeypatch):
     monkeypatch.setattr(settings_module, "available_cpus", lambda: 5)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     defaults = run_settings_from_args(parser.parse_args(["--no-cache"]))
-    assert defaults.workers == 4 and defaults.compile is False
+    assert defaults.workers == 1 and defaults.compile is False  # cpu: half of 5, less one
     chosen = run_settings_from_args(parser.parse_args(["--workers", "0", "--compile"]))
     assert chosen.workers == 0 and chosen.compile is True
     with pytest.raises(UsageError, match="--workers must be >= 0"):

@@ -26,6 +26,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from siglip_dola.data import ImageSet, Skipped
-from siglip_dola.data.loading import LoadedBatch, SourceBlock, StreamingSource, load_and_transform
+from siglip_dola.data.loading import (
+    LoadedBatch,
+    SourceBlock,
+    StreamingSource,
+    load_and_transform,
+    load_batch,
+)
 from siglip_dola.distributed import shard_positions
 from siglip_dola.layers import validate_candidates
 from siglip_dola.readout._common import is_compile_failure, move_batch
@@ -43,7 +50,6 @@ from siglip_dola.readout.base import (
     ImageTransform,
     LayerEmbeddings,
     VisionReadout,
-    collate_samples,
 )
 from siglip_dola.settings import RunSettings
 
@@ -239,20 +245,12 @@ class _ImageSetBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> LoadedBatch:
         block, positions, last = self.plan[index]
-        samples, kept, skipped = [], [], []
-        for position in positions:
-            sample, skip = load_and_transform(
-                lambda: self.image_set.image(position),  # noqa: B023 - called at once
-                self.transform,
-                self.image_set.source(position),
-            )
-            if skip is not None:
-                skipped.append(skip)
-            else:
-                samples.append(sample)
-                kept.append(position)
+        items = [
+            (position, self.image_set.source(position), partial(self.image_set.image, position))
+            for position in positions
+        ]
+        kept, batch, skipped = load_batch(items, self.transform)
         labels = self.image_set.labels[kept].tolist()
-        batch = collate_samples(samples) if samples else None
         return LoadedBatch(block, kept, labels, batch, skipped, last)
 
 

@@ -59,19 +59,25 @@ def available_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def default_workers() -> int:
+def default_workers(device: str = "cuda") -> int:
     """Loader worker processes for one process: the CPUs it may use, shared with the other
     data-parallel processes on this machine (``LOCAL_WORLD_SIZE``, set by torchrun and
     accelerate launch), less one for the process itself, at most :data:`MAX_DEFAULT_WORKERS`.
 
     Each worker decodes and preprocesses whole batches (a transformers image processor takes
-    about 10 ms per photo), so the main process only moves batches and runs the model.
+    about 10 ms per photo), so the main process only moves batches and runs the model. On a
+    ``cpu`` device the model's forward runs on those same CPUs (torch's threads take them
+    all), so the workers get half of them, less one: none on a 2-CPU machine, where one
+    worker made ``eval`` of the bundled model 1.4x slower (1.74 s vs 1.23 s per 2,000 images).
     """
     try:
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     except ValueError:
         local = 1
-    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // local - 1))
+    cpus = available_cpus() // local
+    if str(device).split(":")[0] == "cpu":
+        cpus //= 2
+    return max(0, min(MAX_DEFAULT_WORKERS, cpus - 1))
 
 
 def canonical_dtype(name: Any) -> str:

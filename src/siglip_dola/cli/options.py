@@ -151,8 +151,9 @@ def add_run_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
         type=int,
         default=None,
         help="processes that decode and preprocess images while the model runs; 0 = in this "
-        f"process (default here: {default_workers()}, the CPUs this process may use less one, "
-        "shared among data-parallel processes, at most 16)",
+        "process (default: the CPUs this process may use, shared among data-parallel "
+        f"processes, less one, at most 16: here {default_workers('cuda')}; on --device cpu "
+        f"half of them less one: here {default_workers('cpu')})",
     )
     g.add_argument(
         "--compile",
@@ -184,7 +185,7 @@ def run_settings_from_args(args: argparse.Namespace) -> RunSettings:
             check_output_folder(cache)
         return RunSettings(
             batch_size=args.batch_size,
-            workers=default_workers() if args.workers is None else args.workers,
+            workers=default_workers(args.device) if args.workers is None else args.workers,
             device=args.device,
             dtype=args.dtype,
             cache_dir=cache,

@@ -5,7 +5,7 @@ neither imports the other's module."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -13,10 +13,22 @@ from siglip_dola.data.images import ImageError, Skipped
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
     from siglip_dola.readout.base import Batch, ImageTransform, Sample
 
-__all__ = ["LoadedBatch", "SourceBlock", "StreamingSource", "load_and_transform"]
+__all__ = [
+    "BATCH_TRANSFORM_PIXELS",
+    "LoadedBatch",
+    "SourceBlock",
+    "StreamingSource",
+    "load_and_transform",
+    "load_batch",
+]
+
+# Images decoded before one batched transform call, at most (in pixels, ~48 MB of RGB): the
+# call's fixed cost is shared without holding a whole batch of large photos in memory.
+BATCH_TRANSFORM_PIXELS = 16_000_000
 
 
 @dataclass
@@ -73,7 +85,94 @@ def load_and_transform(
     """``transform(load())``, or the reason the image cannot be used (a counted skip)."""
     try:
         return transform(load()), None
-    except ImageError as exc:
-        return None, Skipped(source, str(exc))
-    except Exception as exc:  # the model's processor refused this image
-        return None, Skipped(source, f"preprocessing failed ({type(exc).__name__}: {exc})")
+    except Exception as exc:
+        return None, Skipped(source, _skip_reason(exc))
+
+
+def _skip_reason(exc: Exception) -> str:
+    if isinstance(exc, ImageError):
+        return str(exc)
+    return f"preprocessing failed ({type(exc).__name__}: {exc})"  # the processor refused it
+
+
+def load_batch(
+    items: Sequence[tuple[int, str, Callable[[], Image.Image]]],
+    transform: ImageTransform,
+    max_pixels: int = BATCH_TRANSFORM_PIXELS,
+) -> tuple[list[int], Batch | None, list[Skipped]]:
+    """(the positions used, their stacked model inputs, the skips) of ``items``, (position,
+    source, load) triples in position order.
+
+    A transform with a ``batch`` method (the transformers processors) gets the decoded images
+    in chunks of up to ``max_pixels`` pixels, one call each; if a chunk's call fails, its
+    images go one at a time, so only the image at fault is skipped. Other transforms get one
+    image at a time, as it is decoded."""
+    if getattr(transform, "batch", None) is None:
+        return _one_at_a_time(items, transform)
+    return _in_chunks(items, transform, max_pixels)
+
+
+def _one_at_a_time(
+    items: Sequence[tuple[int, str, Callable[[], Image.Image]]], transform: ImageTransform
+) -> tuple[list[int], Batch | None, list[Skipped]]:
+    from siglip_dola.readout.base import collate_samples
+
+    samples, positions, skipped = [], [], []
+    for position, source, load in items:
+        sample, skip = load_and_transform(load, transform, source)
+        if skip is None:
+            samples.append(sample)
+            positions.append(position)
+        else:
+            skipped.append(skip)
+    return positions, collate_samples(samples) if samples else None, skipped
+
+
+def _in_chunks(
+    items: Sequence[tuple[int, str, Callable[[], Image.Image]]],
+    transform: ImageTransform,
+    max_pixels: int,
+) -> tuple[list[int], Batch | None, list[Skipped]]:
+    from siglip_dola.readout.base import transform_images
+
+    parts: list[Batch] = []
+    positions: list[int] = []
+    skipped: list[tuple[int, Skipped]] = []
+    chunk: list[tuple[int, str, Image.Image]] = []
+    pixels = 0
+
+    def flush() -> None:
+        try:
+            parts.append(transform_images(transform, [image for _, _, image in chunk]))
+            positions.extend(position for position, _, _ in chunk)
+        except Exception:  # find the image at fault: the others are used
+            one_by_one = [(p, src, lambda im=im: im) for p, src, im in chunk]
+            kept, batch, skips = _one_at_a_time(one_by_one, transform)
+            positions.extend(kept)
+            parts.extend([batch] if batch is not None else [])
+            skipped.extend(zip([p for p, _, _ in chunk if p not in set(kept)], skips))
+        chunk.clear()
+
+    for position, source, load in items:
+        try:
+            image = load()
+        except Exception as exc:
+            skipped.append((position, Skipped(source, _skip_reason(exc))))
+            continue
+        chunk.append((position, source, image))
+        pixels += image.width * image.height
+        if pixels >= max_pixels:
+            flush()
+            pixels = 0
+    if chunk:
+        flush()
+    skipped.sort(key=lambda entry: entry[0])
+    return positions, _concat(parts), [skip for _, skip in skipped]
+
+
+def _concat(parts: list[Batch]) -> Batch | None:
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    import torch
+
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}

@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
 from siglip_dola.data.images import Skipped, load_image
-from siglip_dola.data.loading import LoadedBatch, load_and_transform
+from siglip_dola.data.loading import LoadedBatch, load_batch
 from siglip_dola.data.wds_index import IMAGE_KEYS, ShardIndex
-from siglip_dola.readout.base import collate_samples
 
 __all__ = ["ShardBatches"]
+
+# (position, source, the image's loader, or None with the reason it is skipped)
+_Entry = tuple[int, str, "Callable[[], Any] | None", "Skipped | None"]
 
 
 class ShardBatches(torch.utils.data.IterableDataset):
@@ -40,8 +43,8 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 previous = group
             yield self._loaded(shard, previous or [], last=True)
 
-    def _groups(self, shard: ShardIndex) -> Iterator[list[tuple[int, Any, Skipped | None]]]:
-        """Lists of up to ``batch_size`` (position, model input or None, skip or None)."""
+    def _groups(self, shard: ShardIndex) -> Iterator[list[_Entry]]:
+        """Lists of up to ``batch_size`` (position, source, image loader or None, skip or None)."""
         from webdataset.tariterators import tarfile_samples
 
         errors: list[str] = []
@@ -50,47 +53,43 @@ class ShardBatches(torch.utils.data.IterableDataset):
             errors.append(f"{type(exc).__name__}: {str(exc.args[0]) if exc.args else exc}")
             return True
 
-        group: list[tuple[int, Any, Skipped | None]] = []
+        group: list[_Entry] = []
         index = 0
         for sample in tarfile_samples([{"url": str(shard.path)}], handler=handler):
             if index >= shard.count:
                 raise RuntimeError(f"{shard.path} yields more samples than its index counted")
             source = f"{shard.path}:{sample.get('__key__', index)}"
             reason = shard.skips.get(index)
+            key = next((k for k in IMAGE_KEYS if k in sample), None)
+            if reason is None and key is None:
+                why = errors[-1] if errors else "not found"
+                reason = f"image member unreadable ({why})"
             if reason is not None:
                 entry = (None, Skipped(source, reason))
             else:
-                key = next((k for k in IMAGE_KEYS if k in sample), None)
-                if key is None:
-                    why = errors[-1] if errors else "not found"
-                    entry = (None, Skipped(source, f"image member unreadable ({why})"))
-                else:
-                    entry = load_and_transform(
-                        lambda: load_image(sample[key], self.max_pixels),  # noqa: B023
-                        self.transform,
-                        source,
-                    )
-            group.append((shard.offset + index, *entry))
+                entry = (partial(load_image, sample[key], self.max_pixels), None)
+            group.append((shard.offset + index, source, *entry))
             index += 1
             if len(group) == self.batch_size:
                 yield group
                 group = []
         why = errors[-1] if errors else "the shard ended early"
         for missing in range(index, shard.count):  # indexed, but the stream stopped short
-            skip = Skipped(f"{shard.path}#{missing}", f"not read: {why}")
-            group.append((shard.offset + missing, None, skip))
+            source = f"{shard.path}#{missing}"
+            group.append(
+                (shard.offset + missing, source, None, Skipped(source, f"not read: {why}"))
+            )
             if len(group) == self.batch_size:
                 yield group
                 group = []
         if group:
             yield group
 
-    def _loaded(
-        self, shard: ShardIndex, group: list[tuple[int, Any, Skipped | None]], last: bool
-    ) -> LoadedBatch:
-        kept = [(position, sample) for position, sample, skip in group if skip is None]
-        positions = [position for position, _ in kept]
+    def _loaded(self, shard: ShardIndex, group: list[_Entry], last: bool) -> LoadedBatch:
+        loadable = [(position, source, load) for position, source, load, _ in group if load]
+        positions, batch, failed = load_batch(loadable, self.transform)
+        known = {position: skip for position, _, _, skip in group if skip is not None}
+        failed_at = [p for p, _, _ in loadable if p not in set(positions)]
+        skips = sorted([*known.items(), *zip(failed_at, failed)], key=lambda entry: entry[0])
         labels = [int(shard.labels[p - shard.offset]) for p in positions]
-        batch = collate_samples([sample for _, sample in kept]) if kept else None
-        skipped = [skip for _, _, skip in group if skip is not None]
-        return LoadedBatch(shard.number, positions, labels, batch, skipped, last)
+        return LoadedBatch(shard.number, positions, labels, batch, [s for _, s in skips], last)

@@ -30,6 +30,16 @@ class ImageTransform(Protocol):
         """The model inputs of one image (no batch dimension)."""
 
 
+def transform_images(transform: ImageTransform, images: Sequence[Image.Image]) -> Batch:
+    """The batch of ``images``: the transform's own ``batch(images)`` where it has one (one
+    processor call instead of one per image; it must give exactly the stacked per-image
+    inputs), else each image transformed and stacked."""
+    batch = getattr(transform, "batch", None)
+    if batch is not None:
+        return batch(images)
+    return collate_samples([transform(image) for image in images])
+
+
 def collate_samples(samples: Sequence[Sample]) -> Batch:
     """Per-image inputs stacked into a batch (every image has the same keys and shapes).
 

@@ -109,6 +109,12 @@ class HFImageTransform:
         out = self.processor(images=[image], return_tensors="pt")
         return {key: out[key][0] for key in VISION_INPUTS if key in out}
 
+    def batch(self, images: Sequence[Image.Image]) -> Batch:
+        """The inputs of several images from one processor call: the same tensors as
+        stacking :meth:`__call__`'s (tested), at a fraction of the per-call overhead."""
+        out = self.processor(images=list(images), return_tensors="pt")
+        return {key: out[key] for key in VISION_INPUTS if key in out}
+
     def uint8_split(self) -> Uint8Pixels | None:
         """The processor's resize in the workers as uint8, its rescale and normalisation as a
         lookup table on the device (see :mod:`~siglip_dola.readout.pixels`); ``None`` where
