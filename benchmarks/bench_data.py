@@ -197,7 +197,7 @@ def main() -> None:
         "--workers",
         type=int,
         default=None,
-        help="loader workers of the timed evals (default: the command line's, CPUs less one)",
+        help="loader workers of the timed evals (default: the command line's on --device cpu)",
     )
     parser.add_argument("--output", type=Path, default=None, help="results JSON")
     args = parser.parse_args()
@@ -206,7 +206,7 @@ def main() -> None:
 
     keep_freed_memory()
     if args.workers is None:
-        args.workers = default_workers()
+        args.workers = default_workers("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         timing = time_ratio(folder / "timed", min(args.images, 2000), args.repeats, args.workers)

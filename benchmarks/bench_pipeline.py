@@ -387,7 +387,7 @@ def gpu_section(args: argparse.Namespace) -> dict:
         vision.compile()
     settings = RunSettings(
         batch_size=args.batch_size,
-        workers=default_workers() if args.workers is None else args.workers,
+        workers=default_workers(str(device)) if args.workers is None else args.workers,
         device=str(device),
         dtype=args.dtype,
         progress=False,
