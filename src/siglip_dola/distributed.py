@@ -15,7 +15,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "launcher_shard", "process_group_from_env", "shard_positions"]
+__all__ = [
+    "DistContext",
+    "launcher_local_rank",
+    "launcher_shard",
+    "process_group_from_env",
+    "shard_positions",
+]
 
 
 def launcher_shard() -> tuple[int, int]:
@@ -25,6 +31,14 @@ def launcher_shard() -> tuple[int, int]:
     if world <= 1:
         return 0, 1
     return int(os.environ.get("RANK", "0") or 0), world
+
+
+def launcher_local_rank() -> int | None:
+    """This process's index on its machine (``LOCAL_RANK``) when a launcher started several;
+    ``None`` in a plain run. A bare ``cuda`` then means the GPU of that index."""
+    if launcher_shard()[1] <= 1 or "LOCAL_RANK" not in os.environ:
+        return None
+    return int(os.environ["LOCAL_RANK"])
 
 
 def shard_positions(n: int, shard: tuple[int, int]) -> range:
@@ -74,7 +88,7 @@ def process_group_from_env(device: str = "cpu") -> Iterator[DistContext]:
     if joined:
         cuda = torch.device(device).type == "cuda"
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(launcher_local_rank() or 0)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         yield DistContext(rank, world)

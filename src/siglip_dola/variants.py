@@ -47,7 +47,6 @@ __all__ = [
     "VariantGrid",
     "VariantKind",
     "VariantScores",
-    "contrast_layers_needed",
     "default_variants",
     "ranking_scores",
     "readout_layers_needed",
@@ -318,11 +317,6 @@ class Variant:
         )
         ranking = ranking_scores(result.p_hat, result.kept, q_final)
         return VariantScores(result.p_hat, ranking, result.chosen_layers, result.kept)
-
-
-def contrast_layers_needed(variants: Iterable[Variant]) -> set[int]:
-    """Every contrast layer M of the variants (dynamic/static)."""
-    return {m for v in variants for m in v.contrast_layers}
 
 
 def readout_layers_needed(variants: Iterable[Variant]) -> set[int]:

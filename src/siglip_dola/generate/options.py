@@ -8,7 +8,6 @@ rather than the minutes a 7B load takes.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from siglip_dola.checkpoints import MARKER_FILE
-from siglip_dola.distributed import launcher_shard
+from siglip_dola.distributed import launcher_local_rank, launcher_shard
 from siglip_dola.generate.backend import (
     ModelSource,
     check_deepseek,
@@ -240,11 +239,8 @@ def parse_dtype(text: str) -> torch.dtype:
 
 
 def _launcher_local_rank(shard_flag: str | None) -> int | None:
-    """LOCAL_RANK under torchrun / accelerate (a bare ``cuda`` then means this process's GPU);
-    ``None`` in a plain run or when ``--shard`` names the shard."""
-    if shard_flag is not None or launcher_shard()[1] <= 1 or "LOCAL_RANK" not in os.environ:
-        return None
-    return int(os.environ["LOCAL_RANK"])
+    """The launcher's local rank, unless ``--shard`` names the shard itself."""
+    return None if shard_flag is not None else launcher_local_rank()
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
