@@ -142,6 +142,23 @@ def test_changed_settings_need_overwrite(reference, prompts_file, tmp_path, caps
     assert output_files(out)["prompt_0000/img_00.jpg"] != reference[1]["prompt_0000/img_00.jpg"]
 
 
+def test_results_of_the_earlier_prompt_format_are_another_job(
+    reference, prompts_file, tmp_path, capsys
+):
+    # Records written before prompts were stripped and padded as DeepSeek does carry the
+    # first prompt format: a resume must not mix their images with the present ones.
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    record_path = out / "prompt_0000" / "record.json"
+    record = json.loads(record_path.read_text())
+    record["settings"]["prompt_format"] = "deepseek-t2i"
+    record_path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(generate_argv(prompts_file, out, None, *SETTINGS)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "prompt_format" in err and "prompt_0000" in err and "--overwrite" in err
+
+
 def test_changed_prompt_file_needs_overwrite(reference, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)

@@ -41,7 +41,10 @@ __all__ = [
 ]
 
 SUPPORTED_DTYPES = ("bfloat16", "float16", "float32")  # what generation runs in
-PROMPT_FORMAT = "deepseek-t2i"  # names the prompt template + CFG recipe in the manifest
+# Names the prompt template + CFG recipe in the manifest. /2: messages stripped and the CFG
+# rows padded with DeepSeek's pad token, as DeepSeek's code does; results of the first form
+# are another job (a resume refuses to mix them).
+PROMPT_FORMAT = "deepseek-t2i/2"
 LAYER_ARG = re.compile(r"^\s*(all|bucket:\d+|\d+(-\d+)?)(\s*,\s*(all|bucket:\d+|\d+(-\d+)?))*\s*$")
 
 
