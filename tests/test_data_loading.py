@@ -51,8 +51,9 @@ def test_batched_and_one_at_a_time_agree(max_pixels):
     batched = load_batch(_items(values), transform, max_pixels=max_pixels)
     assert plain[0] == batched[0] == [10, 13, 14, 16]
     assert torch.equal(plain[1]["pixel_values"], batched[1]["pixel_values"])
-    reasons = [(s.source, s.reason) for s in batched[2]]
-    assert reasons == [(s.source, s.reason) for s in plain[2]]
+    reasons = [(s.source, s.reason) for _, s in batched[2]]
+    assert reasons == [(s.source, s.reason) for _, s in plain[2]]
+    assert [p for p, _ in batched[2]] == [11, 12, 15, 17]
     assert [source for source, _ in reasons] == ["img1", "img2", "img5", "img7"]  # in order
     assert "unlucky pixel" in reasons[1][1] and "cannot identify" in reasons[0][1]
     assert sum(transform.calls) >= 4  # batched calls happened (a failing chunk: per image)

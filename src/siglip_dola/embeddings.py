@@ -251,7 +251,7 @@ class _ImageSetBatches(torch.utils.data.Dataset):
         ]
         kept, batch, skipped = load_batch(items, self.transform)
         labels = self.image_set.labels[kept].tolist()
-        return LoadedBatch(block, kept, labels, batch, skipped, last)
+        return LoadedBatch(block, kept, labels, batch, [skip for _, skip in skipped], last)
 
 
 def _image_set_blocks(image_set: ImageSet) -> list[SourceBlock]:

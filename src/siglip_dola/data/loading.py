@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_TRANSFORM_PIXELS",
+    "ImageItem",
     "LoadedBatch",
     "SourceBlock",
     "StreamingSource",
@@ -95,13 +96,17 @@ def _skip_reason(exc: Exception) -> str:
     return f"preprocessing failed ({type(exc).__name__}: {exc})"  # the processor refused it
 
 
+# (position, source, the image's loader): what a batch is made of
+ImageItem = tuple[int, str, Callable[[], "Image.Image"]]
+
+
 def load_batch(
-    items: Sequence[tuple[int, str, Callable[[], Image.Image]]],
+    items: Sequence[ImageItem],
     transform: ImageTransform,
     max_pixels: int = BATCH_TRANSFORM_PIXELS,
-) -> tuple[list[int], Batch | None, list[Skipped]]:
-    """(the positions used, their stacked model inputs, the skips) of ``items``, (position,
-    source, load) triples in position order.
+) -> tuple[list[int], Batch | None, list[tuple[int, Skipped]]]:
+    """(the positions used, their stacked model inputs, (position, skip) of the others) of
+    ``items`` in position order.
 
     A transform with a ``batch`` method (the transformers processors) gets the decoded images
     in chunks of up to ``max_pixels`` pixels, one call each; if a chunk's call fails, its
@@ -113,8 +118,8 @@ def load_batch(
 
 
 def _one_at_a_time(
-    items: Sequence[tuple[int, str, Callable[[], Image.Image]]], transform: ImageTransform
-) -> tuple[list[int], Batch | None, list[Skipped]]:
+    items: Sequence[ImageItem], transform: ImageTransform
+) -> tuple[list[int], Batch | None, list[tuple[int, Skipped]]]:
     from siglip_dola.readout.base import collate_samples
 
     samples, positions, skipped = [], [], []
@@ -124,15 +129,13 @@ def _one_at_a_time(
             samples.append(sample)
             positions.append(position)
         else:
-            skipped.append(skip)
+            skipped.append((position, skip))
     return positions, collate_samples(samples) if samples else None, skipped
 
 
 def _in_chunks(
-    items: Sequence[tuple[int, str, Callable[[], Image.Image]]],
-    transform: ImageTransform,
-    max_pixels: int,
-) -> tuple[list[int], Batch | None, list[Skipped]]:
+    items: Sequence[ImageItem], transform: ImageTransform, max_pixels: int
+) -> tuple[list[int], Batch | None, list[tuple[int, Skipped]]]:
     from siglip_dola.readout.base import transform_images
 
     parts: list[Batch] = []
@@ -146,11 +149,11 @@ def _in_chunks(
             parts.append(transform_images(transform, [image for _, _, image in chunk]))
             positions.extend(position for position, _, _ in chunk)
         except Exception:  # find the image at fault: the others are used
-            one_by_one = [(p, src, lambda im=im: im) for p, src, im in chunk]
-            kept, batch, skips = _one_at_a_time(one_by_one, transform)
+            decoded = [(p, source, lambda im=im: im) for p, source, im in chunk]
+            kept, batch, skips = _one_at_a_time(decoded, transform)
             positions.extend(kept)
             parts.extend([batch] if batch is not None else [])
-            skipped.extend(zip([p for p, _, _ in chunk if p not in set(kept)], skips))
+            skipped.extend(skips)
         chunk.clear()
 
     for position, source, load in items:
@@ -167,7 +170,7 @@ def _in_chunks(
     if chunk:
         flush()
     skipped.sort(key=lambda entry: entry[0])
-    return positions, _concat(parts), [skip for _, skip in skipped]
+    return positions, _concat(parts), skipped
 
 
 def _concat(parts: list[Batch]) -> Batch | None:

@@ -88,8 +88,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
     def _loaded(self, shard: ShardIndex, group: list[_Entry], last: bool) -> LoadedBatch:
         loadable = [(position, source, load) for position, source, load, _ in group if load]
         positions, batch, failed = load_batch(loadable, self.transform)
-        known = {position: skip for position, _, _, skip in group if skip is not None}
-        failed_at = [p for p, _, _ in loadable if p not in set(positions)]
-        skips = sorted([*known.items(), *zip(failed_at, failed)], key=lambda entry: entry[0])
+        known = [(position, skip) for position, _, _, skip in group if skip is not None]
+        skips = [skip for _, skip in sorted(known + failed, key=lambda entry: entry[0])]
         labels = [int(shard.labels[p - shard.offset]) for p in positions]
-        return LoadedBatch(shard.number, positions, labels, batch, [s for _, s in skips], last)
+        return LoadedBatch(shard.number, positions, labels, batch, skips, last)
