@@ -10,9 +10,9 @@ import pytest
 
 from siglip_dola.summary import (
     COLUMNS,
-    find_results_files,
     markdown_table,
     plot_changes,
+    read_results_files,
     rows_of_results,
     summarise,
     summary_csv,
@@ -78,7 +78,8 @@ def test_folders_are_searched_and_other_json_passed_over(tmp_path):
     (tmp_path / "a" / "one.json").write_text(json.dumps(_classification("one", 0.5, [])))
     (tmp_path / "a" / "profile.json").write_text(json.dumps({"format": "profile"}))
     (tmp_path / "two.json").write_text(json.dumps(_classification("two", 0.6, [])))
-    assert find_results_files([tmp_path]) == [tmp_path / "a" / "one.json", tmp_path / "two.json"]
+    found = read_results_files([tmp_path])
+    assert [path for path, _ in found] == [tmp_path / "a" / "one.json", tmp_path / "two.json"]
     rows = summarise([tmp_path])
     assert [r.dataset for r in rows] == ["one", "two"]
     parsed = list(csv.DictReader(io.StringIO(summary_csv(rows))))
@@ -88,9 +89,9 @@ def test_folders_are_searched_and_other_json_passed_over(tmp_path):
 
 def test_bad_inputs_are_value_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        find_results_files([tmp_path / "missing.json"])
+        read_results_files([tmp_path / "missing.json"])
     with pytest.raises(ValueError, match="no results files found"):
-        find_results_files([tmp_path])
+        read_results_files([tmp_path])
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     with pytest.raises(ValueError, match="not a JSON results file"):

@@ -16,10 +16,10 @@ from typing import Any
 __all__ = [
     "COLUMNS",
     "SummaryRow",
-    "find_results_files",
     "markdown_table",
     "plot_changes",
     "read_results",
+    "read_results_files",
     "rows_of_results",
     "summarise",
     "summary_csv",
@@ -86,28 +86,31 @@ def read_results(path: Path) -> dict[str, Any]:
     return data
 
 
-def _is_results(path: Path) -> bool:
+def _results_or_none(path: Path) -> dict[str, Any] | None:
     try:
-        read_results(path)
+        return read_results(path)
     except ValueError:
-        return False
-    return True
+        return None
 
 
-def find_results_files(paths: Iterable[Path]) -> list[Path]:
-    """The files named, and the results files anywhere below the folders named (other JSON
-    files there, such as profiles or predictions, are passed over)."""
-    files: list[Path] = []
+def read_results_files(paths: Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, content) of the files named, and of the results files anywhere below the
+    folders named (other JSON files there, such as profiles or predictions, are passed
+    over); each file is read once."""
+    found: list[tuple[Path, dict[str, Any]]] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(f for f in sorted(path.rglob("*.json")) if _is_results(f))
+            for file in sorted(path.rglob("*.json")):
+                data = _results_or_none(file)
+                if data is not None:
+                    found.append((file, data))
         elif path.is_file():
-            files.append(path)
+            found.append((path, read_results(path)))
         else:
             raise ValueError(f"{path} does not exist")
-    if not files:
+    if not found:
         raise ValueError("no results files found (JSON with dataset, task and metrics)")
-    return files
+    return found
 
 
 def rows_of_results(data: dict[str, Any], path: Path | str = "results") -> list[SummaryRow]:
@@ -152,7 +155,7 @@ def rows_of_results(data: dict[str, Any], path: Path | str = "results") -> list[
 
 def summarise(paths: Iterable[Path]) -> list[SummaryRow]:
     """Every row of every results file found from ``paths``, in file order."""
-    return [row for f in find_results_files(paths) for row in rows_of_results(read_results(f), f)]
+    return [row for f, data in read_results_files(paths) for row in rows_of_results(data, f)]
 
 
 def markdown_table(rows: Sequence[SummaryRow]) -> str:
